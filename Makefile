@@ -1,0 +1,28 @@
+# The two commands of the README. Each sets up .venv from requirements.txt on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+# one job per GPU; on a machine without one, two CPU jobs (config/demo.yaml: cpu_slots: 2)
+DEMO_SLOTS := $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$$n" -gt 0 ] && echo $$n || echo 2)
+
+.PHONY: demo test
+
+$(INSTALLED): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+demo/model: | $(INSTALLED)
+	$(BIN)/python -m seqembed.demo demo
+
+demo: $(INSTALLED) demo/model
+	$(BIN)/snakemake --configfile config/demo.yaml --cores all --resources gpu=$(DEMO_SLOTS)
+
+test: $(INSTALLED)
+	$(BIN)/ruff check src scripts tests
+	$(BIN)/ruff format --check src scripts tests
+	$(BIN)/snakefmt --check Snakefile workflow
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,11 @@
+import _seqembed_path  # noqa: F401
+
+from seqembed.devices import resolve_pool
+from seqembed.plan import make_plan, write_plan
+
+snakemake = snakemake  # noqa: F821 - provided by Snakemake
+config = snakemake.config
+pool = resolve_pool(config["device"], config["gpus"], config["cpu_slots"])
+files = dict(zip(snakemake.params.names, snakemake.input, strict=True))
+table, overview = make_plan(files, pool)
+write_plan(table, overview, snakemake.output.tsv, snakemake.output.overview)

@@ -1,0 +1,73 @@
+"""Configuration: validated against workflow/schemas/config.schema.yaml, defaults filled in,
+and the inputs resolved to one name per file.
+
+Validation is jsonschema directly rather than snakemake.utils.validate, so the package stays
+free of Snakemake and a bad value yields exactly one line naming the key.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+
+class ConfigError(Exception):
+    """One line naming the offending key."""
+
+
+def _normalize_gpus(gpus):
+    # `--config gpus=0,2` arrives as the string "0,2", `gpus=[0,2]` as a list, `gpus=1` as int
+    if gpus is None:
+        return None
+    if isinstance(gpus, str):
+        gpus = [part.strip() for part in gpus.split(",") if part.strip()]
+    elif not isinstance(gpus, list):
+        gpus = [gpus]
+    return [str(gpu) for gpu in gpus]
+
+
+def validate_config(config: dict, schema_path: str | os.PathLike) -> dict:
+    """A new dict: defaults filled in, every value checked, gpus a list of strings (or None)."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    checked = {key: spec["default"] for key, spec in schema["properties"].items()}
+    checked.update(config)
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema).iter_errors(checked)
+    )
+    if error is not None:
+        if error.validator == "additionalProperties":
+            known = ", ".join(sorted(schema["properties"]))
+            raise ConfigError(f"config: {error.message} (known keys: {known})")
+        key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        hint = schema["properties"].get(str(error.absolute_path[0]), {}).get("description", "")
+        raise ConfigError(f"config key '{key}': {error.message}" + (f" ({hint})" if hint else ""))
+    checked["gpus"] = _normalize_gpus(checked["gpus"])
+    if checked["output_layout"] == "virnucpro" and (
+        isinstance(checked["layers"], list) and len(set(checked["layers"])) != 1
+    ):
+        raise ConfigError("config key 'layers': output_layout virnucpro holds exactly one layer")
+    return checked
+
+
+def input_files(config: dict) -> dict[str, str]:
+    """Output name (the file's stem) -> input path, sorted by name. Two inputs with one stem
+    would write one output file, so that is an error naming both."""
+    if config["input_files"]:
+        paths = list(config["input_files"])
+    else:
+        pattern = os.path.join(config["input_dir"], config["input_glob"])
+        paths = sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
+    files: dict[str, str] = {}
+    for path in paths:
+        name = Path(path).stem
+        if name in files and files[name] != path:
+            raise ConfigError(
+                f"inputs '{files[name]}' and '{path}' would both write embeddings/{name}.pt: "
+                "rename one"
+            )
+        files[name] = path
+    return dict(sorted(files.items()))

@@ -1,0 +1,264 @@
+"""Which device a job may use, and how a job claims one for itself.
+
+Snakemake counts ``gpu`` resource slots but never tells a job *which* GPU it got: no
+per-job CUDA_VISIBLE_DEVICES is set. So each job claims a device itself, with a
+non-blocking ``flock(LOCK_EX | LOCK_NB)`` on one lock file per device, and keeps the fd
+open for the life of the claim. The kernel drops the lock when the fd closes, so a job
+killed with SIGKILL (OOM killer, scancel) frees its device with no stale-lock cleanup.
+Lock files live under ``<lock_dir>/<hostname>/`` because under SLURM the output folder
+is shared between nodes and each node has its own GPUs; under SLURM the allocation's
+CUDA_VISIBLE_DEVICES is the pool.
+
+flock locks belong to the open file description, so on Linux two ``open()`` calls of
+one file in one process conflict like two processes do. On NFS, however, flock is
+emulated with POSIX locks, which are per process and are dropped when *any* fd of the
+file closes. A process-wide registry of held lock files therefore refuses a second
+claim before the file is even opened, which keeps both cases correct. A forked child
+closes its inherited copies of the lock fds, and exec'd children never get them
+(close-on-exec), so a device stays tied to the process that claimed it.
+
+Pool discovery never imports torch: the plan rule runs inside the Snakemake process,
+and initialising CUDA there would put a stray context on GPU 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from datetime import datetime
+from pathlib import Path
+
+_held: dict[str, DeviceClaim] = {}  # lock file -> claim, for this process only
+_held_guard = threading.Lock()
+
+
+def _forget_claims_in_child() -> None:
+    # A forked child shares the parent's lock fds; closing its copies leaves the parent's
+    # locks intact but ties each device to the process that claimed it, and lets the
+    # child claim afresh (with POSIX locks a child never inherits them at all).
+    global _held_guard
+    _held_guard = threading.Lock()  # another thread may have held it during the fork
+    for claim in _held.values():
+        with suppress(OSError):
+            os.close(claim._fd)  # type: ignore[arg-type]
+        claim._fd = None
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_claims_in_child)
+
+
+class DeviceError(Exception):
+    """No usable device: none visible, none free in time, or a bad device label."""
+
+
+def _parse_cvd(value: str) -> list[str]:
+    ids: list[str] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        # CUDA stops at the first invalid entry ("-1" by convention); SGE/Torque write
+        # "NoDevFiles" for "no GPUs".
+        if entry == "NoDevFiles" or entry.startswith("-"):
+            break
+        ids.append(entry)
+    return list(dict.fromkeys(ids))
+
+
+def _nvidia_smi_count(environ: Mapping[str, str]) -> int:
+    exe = shutil.which("nvidia-smi", path=environ.get("PATH", os.defpath))
+    if exe is None:
+        return 0
+    try:
+        out = subprocess.run(
+            [exe, "-L"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    # MIG instances are listed as indented lines under their GPU; count GPUs only.
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def gpu_pool(
+    configured: list | None, environ: Mapping[str, str] = os.environ, proc_root: str = "/proc"
+) -> list[str]:
+    """Physical GPU ids (as strings) this node may use; [] when there are none."""
+    if configured:
+        return list(dict.fromkeys(s for s in (str(g).strip() for g in configured) if s))
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return _parse_cvd(environ["CUDA_VISIBLE_DEVICES"])
+    gpus_dir = Path(proc_root, "driver", "nvidia", "gpus")
+    if gpus_dir.is_dir():
+        n = sum(1 for p in gpus_dir.iterdir() if p.is_dir())
+        if n:
+            return [str(i) for i in range(n)]
+    return [str(i) for i in range(_nvidia_smi_count(environ))]
+
+
+def resolve_pool(
+    device: str,
+    gpus: list | None,
+    cpu_slots: int,
+    environ: Mapping[str, str] = os.environ,
+    proc_root: str = "/proc",
+) -> list[str]:
+    """Device labels ("cuda:<id>" or "cpu:<n>") that jobs may claim."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise DeviceError(f"device must be auto, cpu or cuda, not {device!r}")
+    cuda = [] if device == "cpu" else [f"cuda:{g}" for g in gpu_pool(gpus, environ, proc_root)]
+    if cuda:
+        return cuda
+    if device == "cuda":
+        cvd = environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+        raise DeviceError(
+            "device: cuda was requested but no GPU is visible "
+            f"(CUDA_VISIBLE_DEVICES={cvd!r}, gpus={gpus!r})"
+        )
+    if cpu_slots < 1:
+        raise DeviceError(f"cpu_slots must be at least 1, not {cpu_slots}")
+    return [f"cpu:{i}" for i in range(cpu_slots)]
+
+
+class DeviceClaim:
+    """A device held by this process until release() (or process exit, even SIGKILL).
+
+    Dropping the object without release() keeps the lock: the fd is a bare int, so
+    garbage collection cannot free a device the process may still be using.
+    """
+
+    def __init__(self, label: str, lock_path: Path, fd: int) -> None:
+        self.label = label
+        self.lock_path = lock_path
+        self._fd: int | None = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        with _held_guard:
+            if self._fd is None:
+                return
+            with suppress(OSError):  # an empty file reads as "free" to a person looking
+                os.ftruncate(self._fd, 0)
+            # Close before forgetting the path, so no other thread of ours can open it
+            # while our fd is still open (with NFS's POSIX locks that close would drop
+            # the other thread's fresh lock).
+            os.close(self._fd)
+            self._fd = None
+            _held.pop(str(self.lock_path), None)
+
+    def __enter__(self) -> DeviceClaim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _try_lock(label: str, path: Path, holder: str) -> DeviceClaim | None:
+    key = str(path)
+    with _held_guard:
+        if key in _held:
+            return None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException as exc:
+            os.close(fd)
+            # EACCES: what POSIX-lock based flock emulations (NFS) may report instead.
+            if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.EACCES):
+                return None  # held by another process
+            raise
+        info = {
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "label": label,
+            "holder": holder,
+            "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+        with suppress(OSError):  # the note is for people; the lock protects the device
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        claim = _held[key] = DeviceClaim(label, path, fd)
+        return claim
+
+
+def claim_device(
+    pool: Sequence[str],
+    lock_dir: str | Path,
+    *,
+    holder: str,
+    prefer: Sequence[str] = (),
+    avoid: Sequence[str] = (),
+    poll_s: float = 0.5,
+    timeout_s: float | None = None,
+    on_wait: Callable[[], None] | None = None,
+) -> DeviceClaim:
+    """Claim one free device of ``pool``, waiting for one if all are taken.
+
+    Tries ``prefer`` (those in the pool) first, then the rest in pool order; ``avoid``
+    goes last but is still taken when nothing else is free. ``on_wait`` is called once,
+    on the first pass that finds nothing free. Raises DeviceError on an empty pool or
+    when ``timeout_s`` (None: wait forever) runs out.
+    """
+    labels = list(dict.fromkeys(pool))
+    if not labels:
+        raise DeviceError("cannot claim a device from an empty pool")
+    order = [p for p in dict.fromkeys(prefer) if p in labels]
+    order += [p for p in labels if p not in order]
+    order = [p for p in order if p not in avoid] + [p for p in order if p in avoid]
+
+    host_dir = Path(lock_dir).resolve() / socket.gethostname()
+    host_dir.mkdir(parents=True, exist_ok=True)
+    # Lock file names must be plain names: old-style MIG ids contain "/".
+    paths = {p: host_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", p) + ".lock") for p in order}
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    waited = False
+    while True:
+        for label in order:
+            claim = _try_lock(label, paths[label], holder)
+            if claim is not None:
+                return claim
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            raise DeviceError(
+                f"no free device in pool {labels} after {timeout_s}s (locks in {host_dir})"
+            )
+        if not waited and on_wait is not None:
+            on_wait()
+        waited = True
+        time.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - now)))
+
+
+def _split(label: str) -> tuple[str, str]:
+    kind, sep, ident = label.partition(":")
+    if not sep or not ident or kind not in ("cuda", "cpu"):
+        raise DeviceError(f"not a device label: {label!r} (expected cuda:<id> or cpu:<n>)")
+    return kind, ident
+
+
+def cuda_env_for(label: str) -> dict[str, str]:
+    """Environment that restricts a job to its claimed GPU; set it before CUDA starts."""
+    kind, ident = _split(label)
+    if kind == "cpu":
+        return {}
+    # PCI_BUS_ID: make CUDA number GPUs like nvidia-smi and /proc do.
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ident}
+
+
+def torch_device_for(label: str) -> str:
+    """The torch device string once cuda_env_for(label) is in effect."""
+    kind, _ = _split(label)
+    return "cuda:0" if kind == "cuda" else "cpu"

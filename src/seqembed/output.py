@@ -1,0 +1,56 @@
+"""Writing results: never a half-written file under its final name."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Write to a hidden temporary file in the same folder, flush it to disk, then rename: the
+    rename is atomic on POSIX, so readers (and a rerun after a crash) see the whole file or
+    none."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    write_atomically(path, lambda stream: stream.write(text.encode()))
+
+
+def embedding_payload(
+    layout: str,
+    ids: list[str],
+    pooled: dict,
+    *,
+    model: str,
+    truncation: int,
+) -> dict:
+    """default: fair-esm's names (`mean_representations`: layer -> [n, dim]); virnucpro: what the
+    VirNucPro classifier reads, one tensor per protein of the (single) requested layer."""
+    if layout == "virnucpro":
+        if len(pooled) != 1:
+            raise ValueError("output_layout virnucpro holds one layer; request exactly one")
+        (matrix,) = pooled.values()
+        return {"proteins": list(ids), "data": list(matrix.unbind(0))}
+    return {
+        "ids": list(ids),
+        "mean_representations": dict(pooled),
+        "model": model,
+        "truncation": truncation,
+    }

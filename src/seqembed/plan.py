@@ -1,0 +1,71 @@
+"""The plan: what every input holds and which device it should run on.
+
+Jobs start largest-first (their Snakemake priority is the file size) and claim a free device
+at run time, so the plan is advice, not a schedule: each job prefers its planned device, and
+the summary compares planned with actual load. It is not an input of the embed jobs, because
+re-planning (a file added) must not make finished embeddings stale.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping
+
+import pandas as pd
+
+from seqembed.assign import assign
+from seqembed.fasta import fasta_stats
+from seqembed.output import write_atomically, write_json
+
+COLUMNS = ["name", "file", "bytes", "sequences", "residues", "longest", "device", "device_load"]
+
+
+def make_plan(files: Mapping[str, str], pool: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Per file statistics plus a balanced assignment by residues (work grows with residues;
+    the file size in bytes would also count header text)."""
+    stats = {name: fasta_stats(path) for name, path in files.items()}
+    assignment = assign({name: s.residues for name, s in stats.items()}, pool)
+    rows = [
+        {
+            "name": name,
+            "file": files[name],
+            "bytes": s.bytes,
+            "sequences": s.sequences,
+            "residues": s.residues,
+            "longest": s.longest,
+            "device": assignment.device_of[name],
+            "device_load": assignment.loads[assignment.device_of[name]],
+        }
+        for name, s in stats.items()
+    ]
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    overview = {
+        "files": len(rows),
+        "devices": pool,
+        "planned_load": assignment.loads,
+        "makespan": assignment.makespan,
+        "lower_bound": assignment.lower_bound,
+        "lpt_makespan": assignment.lpt_makespan,
+        "method": assignment.method,
+    }
+    return table, overview
+
+
+def write_plan(table: pd.DataFrame, overview: dict, tsv: str, json_path: str) -> None:
+    text = table.to_csv(sep="\t", index=False)
+    write_atomically(tsv, lambda stream: stream.write(text.encode()))
+    write_json(json_path, overview)
+
+
+def planned_device(tsv: str | os.PathLike, name: str) -> str | None:
+    """The planned device for `name`, or None while the plan does not exist (yet) or does not
+    list the file: the plan rule may still be running when the first jobs start."""
+    try:
+        with open(tsv, newline="") as handle:
+            for row in csv.DictReader(handle, delimiter="\t"):
+                if row["name"] == name:
+                    return row["device"]
+    except (OSError, KeyError, csv.Error):
+        return None
+    return None

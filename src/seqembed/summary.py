@@ -1,0 +1,154 @@
+"""The run summary, computed from the per-file records only, so the summary rule and the
+failure handler (which runs when some jobs failed) produce the same figures."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+
+from seqembed.output import write_atomically, write_json
+
+
+def read_records(records_dir: str | os.PathLike, names: list[str]) -> dict[str, dict | None]:
+    """name -> record, None where a file has no (readable) record yet."""
+    found: dict[str, dict | None] = {}
+    for name in names:
+        try:
+            found[name] = json.loads((Path(records_dir) / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            found[name] = None
+    return found
+
+
+def _rates(sequences: int, residues: int, seconds: float) -> dict:
+    return {
+        "sequences_per_s": sequences / seconds if seconds > 0 else None,
+        "residues_per_s": residues / seconds if seconds > 0 else None,
+    }
+
+
+def summarize(records: Mapping[str, dict | None], planned_load: Mapping[str, int] | None = None):
+    """Totals, rates and per-device figures. Wall time spans the first start to the last finish
+    among the summarized records; per-device rates use that device's busy time (its jobs' wall
+    seconds), so they show what a device does while it works."""
+    done = [r for r in records.values() if r and r["status"] == "done"]
+    failed = [r for r in records.values() if r and r["status"] == "failed"]
+    missing = sorted(name for name, r in records.items() if r is None)
+    sequences = sum(r["sequences"] for r in done)
+    residues = sum(r["residues"] for r in done)
+    busy = sum(r["wall_seconds"] for r in done)
+    load = sum(r["model_load_seconds"] for r in done)
+    computed = sum(r["computed_tokens"] for r in done)
+    wall = max((r["finished"] for r in done), default=0) - min(
+        (r["started"] for r in done), default=0
+    )
+    devices: dict[str, dict] = defaultdict(
+        lambda: {"files": 0, "sequences": 0, "residues": 0, "busy_seconds": 0.0}
+    )
+    for record in done:
+        device = devices[record["device"]]
+        device["files"] += 1
+        device["sequences"] += record["sequences"]
+        device["residues"] += record["residues"]
+        device["busy_seconds"] += record["wall_seconds"]
+    for name, device in devices.items():
+        device.update(_rates(device["sequences"], device["residues"], device["busy_seconds"]))
+        device["planned_residues"] = (planned_load or {}).get(name)
+    return {
+        "files": {
+            "total": len(records),
+            "done": len(done),
+            "failed": len(failed),
+            "missing": len(missing),
+        },
+        "missing": missing,
+        "sequences": sequences,
+        "residues": residues,
+        "truncated_sequences": sum(r["truncated_sequences"] for r in done),
+        "wall_seconds": wall,
+        **_rates(sequences, residues, wall),
+        "busy_seconds": busy,
+        "model_load_seconds": load,
+        "model_load_share": load / busy if busy > 0 else None,
+        "padding_efficiency": sum(r["real_tokens"] for r in done) / computed if computed else None,
+        "devices": dict(sorted(devices.items())),
+        "failures": [
+            {"file": r["file"], "error_type": r["error_type"], "error_message": r["error_message"]}
+            for r in failed
+        ],
+    }
+
+
+def failed_lines(summary: dict) -> list[str]:
+    """`path|error_type|error_message`: one line each, the message kept on one line and free of
+    the separator so the file stays machine-readable."""
+    lines = []
+    for failure in summary["failures"]:
+        message = " ".join(str(failure["error_message"]).split()).replace("|", "/")
+        lines.append(f"{failure['file']}|{failure['error_type']}|{message}")
+    return lines
+
+
+def write_summary(summary: dict, json_path: str, failed_path: str) -> None:
+    write_json(json_path, summary)
+    text = "".join(line + "\n" for line in failed_lines(summary))
+    write_atomically(failed_path, lambda stream: stream.write(text.encode()))
+
+
+def _number(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def render_table(summary: dict) -> str:
+    """The table printed at the end of a run, as plain text (fits 100 columns)."""
+    files = summary["files"]
+    lines = [
+        f"seqembed: {files['done']}/{files['total']} files done, {files['failed']} failed, "
+        f"{files['missing']} missing; wall {_number(summary['wall_seconds'])} s",
+        f"{'device':<12}{'files':>7}{'sequences':>12}{'residues':>14}{'seq/s':>11}"
+        f"{'res/s':>13}{'busy s':>10}",
+    ]
+    rows = [(name, d) for name, d in summary["devices"].items()]
+    rows.append(
+        ("total", {**summary, "files": files["done"], "busy_seconds": summary["wall_seconds"]})
+    )
+    for name, d in rows:
+        lines.append(
+            f"{name:<12}{d['files']:>7}{d['sequences']:>12,}{d['residues']:>14,}"
+            f"{_number(d['sequences_per_s']):>11}{_number(d['residues_per_s'], 0):>13}"
+            f"{_number(d['busy_seconds']):>10}"
+        )
+    share = summary["model_load_share"]
+    padding = summary["padding_efficiency"]
+    lines.append(
+        f"model load {_number(summary['model_load_seconds'])} s "
+        f"({'-' if share is None else f'{share:.0%}'} of busy time); padding efficiency "
+        f"{'-' if padding is None else f'{padding:.1%}'}; truncated sequences "
+        f"{summary['truncated_sequences']}"
+    )
+    return "\n".join(lines)
+
+
+def report_run(
+    records_dir: str,
+    names: list[str],
+    *,
+    plan_overview: str | None,
+    json_path: str,
+    failed_path: str,
+) -> dict:
+    """Summarize the records of `names`, write summary.json and failed_files.txt, print the
+    table; the summary rule and the failure handler both end a run here."""
+    planned = None
+    if plan_overview:
+        try:
+            planned = json.loads(Path(plan_overview).read_text())["planned_load"]
+        except (OSError, ValueError, KeyError):
+            planned = None
+    summary = summarize(read_records(records_dir, names), planned)
+    write_summary(summary, json_path, failed_path)
+    print(render_table(summary), flush=True)
+    return summary

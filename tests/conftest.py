@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny ESM-2 in fair-esm's official checkpoint layout (made by the
+project's own demo code, loaded through fair-esm's real loader) and small FASTA sets."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from seqembed.demo import random_protein, write_fasta, write_tiny_esm2
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return write_tiny_esm2(tmp_path_factory.mktemp("model"), layers=3, dim=32, heads=4, seed=1)
+
+
+@pytest.fixture
+def fasta_set(tmp_path) -> dict[str, Path]:
+    """Four files of 5-40 sequences, 30-300 residues, one with sequences beyond 1,022
+    residues, so truncation is exercised at the default setting too."""
+    rng = random.Random(11)
+    folder = tmp_path / "fasta"
+    folder.mkdir()
+    files = {}
+    for name, count in [("alpha", 40), ("beta", 23), ("gamma", 12), ("delta", 5)]:
+        path = folder / f"{name}.fasta"
+        write_fasta(path, name, count, rng, lengths=(30, 300))
+        files[name] = path
+    with open(files["delta"], "a") as handle:
+        for index, length in enumerate([1030, 1400]):
+            handle.write(f">delta_long{index}\n{random_protein(rng, length)}\n")
+    return files

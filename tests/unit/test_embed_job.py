@@ -1,0 +1,121 @@
+"""One embed job, run through the same entry point the workflow uses, against fair-esm's
+plain unbatched forward pass."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import REPO
+from reference import reference_embeddings
+
+from seqembed.backends.esm import PROTEIN_ALPHABET
+from seqembed.config import validate_config
+from seqembed.embed import EmbedJob, run_embed_job, run_or_record_failure
+from seqembed.fasta import read_fasta
+
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+
+
+def make_job(tmp_path, fasta, model, **settings) -> EmbedJob:
+    config = validate_config({"model": str(model), "device": "cpu", **settings}, SCHEMA)
+    return EmbedJob(
+        name=fasta.stem,
+        fasta=str(fasta),
+        output=str(tmp_path / "out" / f"{fasta.stem}.pt"),
+        record=str(tmp_path / "records" / f"{fasta.stem}.json"),
+        config=config,
+        plan_path=str(tmp_path / "no-plan.tsv"),
+        lock_dir=str(tmp_path / "locks"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected_layers"),
+    [
+        # default truncation (1022) with two longer sequences; a small budget forces many
+        # batches of mixed lengths, so padding is exercised
+        ({"toks_per_batch": 700}, [3]),
+        # truncation far below most lengths, several layers incl. the embedding layer and -1
+        ({"truncation": 50, "layers": [0, 2, -1], "toks_per_batch": 600}, [0, 2, 3]),
+    ],
+)
+def test_embeddings_equal_unbatched_fair_esm(
+    tmp_path, tiny_model, fasta_set, settings, expected_layers
+):
+    fasta = fasta_set["delta"] if "truncation" not in settings else fasta_set["alpha"]
+    job = make_job(tmp_path, fasta, tiny_model, **settings)
+    record = run_embed_job(job)
+
+    result = torch.load(job.output)
+    records = read_fasta(fasta, PROTEIN_ALPHABET)
+    truncation = job.config["truncation"]
+    expected = reference_embeddings(tiny_model, records.sequences, expected_layers, truncation)
+
+    assert result["ids"] == records.ids  # input order, not length order
+    assert result["model"] == tiny_model.stem
+    assert result["truncation"] == truncation
+    assert sorted(result["mean_representations"]) == expected_layers
+    for layer in expected_layers:
+        got = result["mean_representations"][layer]
+        assert got.dtype == torch.float32
+        assert got.shape == (len(records.ids), 32)
+        assert (got - expected[layer]).abs().max().item() <= 1e-5
+
+    lengths = [len(s) for s in records.sequences]
+    assert record["batches"] > 1
+    assert record["sequences"] == len(lengths)
+    assert record["residues"] == sum(lengths)
+    assert record["truncated_sequences"] == sum(n > truncation for n in lengths) > 0
+    assert record["computed_tokens"] >= record["real_tokens"]
+    assert json.loads(open(job.record).read()) == record
+
+
+def test_virnucpro_layout_holds_the_same_numbers(tmp_path, tiny_model, fasta_set):
+    fasta = fasta_set["beta"]
+    default = make_job(tmp_path / "a", fasta, tiny_model, toks_per_batch=900)
+    virnucpro = make_job(tmp_path / "b", fasta, tiny_model, output_layout="virnucpro")
+    run_embed_job(default)
+    run_embed_job(virnucpro)
+
+    plain = torch.load(default.output)
+    packed = torch.load(virnucpro.output)
+    assert set(packed) == {"proteins", "data"}
+    assert packed["proteins"] == plain["ids"]
+    assert len(packed["data"]) == len(plain["ids"])
+    assert torch.equal(torch.stack(packed["data"]), plain["mean_representations"][3])
+
+
+def test_no_temporary_files_are_left_and_reruns_overwrite(tmp_path, tiny_model, fasta_set):
+    job = make_job(tmp_path, fasta_set["gamma"], tiny_model)
+    run_embed_job(job)
+    first = torch.load(job.output)
+    run_embed_job(job)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gamma.pt"]
+    assert torch.equal(
+        torch.load(job.output)["mean_representations"][3], first["mean_representations"][3]
+    )
+
+
+def test_bad_input_fails_with_one_line_and_a_failure_record(tmp_path, tiny_model):
+    fasta = tmp_path / "broken.fasta"
+    fasta.write_text(">ok\nMKV\n>bad\nMK7V\n")
+    job = make_job(tmp_path, fasta, tiny_model)
+    with pytest.raises(SystemExit) as exit_info:
+        run_or_record_failure(job)
+    message = str(exit_info.value)
+    assert "\n" not in message
+    assert message == (
+        f"seqembed: InputError: {fasta}: line 3: record 'bad' has characters outside the "
+        "alphabet: '7'"
+    )
+    record = json.loads(open(job.record).read())
+    assert record["status"] == "failed" and record["error_type"] == "InputError"
+    assert not (tmp_path / "out" / "broken.pt").exists()
+
+
+def test_missing_model_is_a_model_error(tmp_path, fasta_set):
+    job = make_job(tmp_path, fasta_set["gamma"], tmp_path / "esm2_missing.pt")
+    with pytest.raises(SystemExit, match=r"ModelError: .*model checkpoint not found"):
+        run_or_record_failure(job)

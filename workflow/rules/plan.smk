@@ -1,0 +1,16 @@
+rule plan:
+    input:
+        list(FILES.values()),
+    output:
+        tsv=f"{OUT}/plan.tsv",
+        overview=f"{OUT}/plan.json",
+    log:
+        f"{OUT}/logs/plan.log",
+    # before any embed job: they read the plan at run time to find their preferred device
+    priority: max(map(os.path.getsize, FILES.values()), default=0) + 1
+    conda:
+        ENV
+    params:
+        names=list(FILES),
+    script:
+        "../../scripts/plan.py"
