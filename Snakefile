@@ -29,9 +29,13 @@ except ConfigError as error:
 OUT = config["output_dir"]
 
 
+# The embeddings are targets themselves, not only inputs of the summary: Snakemake does not
+# rebuild a missing intermediate file while the files made from it are up to date, and a
+# deleted or failed embedding must always be redone.
 rule all:
     default_target: True
     input:
+        expand(f"{OUT}/embeddings/{{name}}.pt", name=FILES),
         f"{OUT}/plan.tsv",
         f"{OUT}/summary.json",
         f"{OUT}/failed_files.txt",

@@ -18,13 +18,11 @@ def tiny_model(tmp_path_factory) -> Path:
     return write_tiny_esm2(tmp_path_factory.mktemp("model"), layers=3, dim=32, heads=4, seed=1)
 
 
-@pytest.fixture
-def fasta_set(tmp_path) -> dict[str, Path]:
+def make_fasta_set(folder: Path) -> dict[str, Path]:
     """Four files of 5-40 sequences, 30-300 residues, one with sequences beyond 1,022
     residues, so truncation is exercised at the default setting too."""
     rng = random.Random(11)
-    folder = tmp_path / "fasta"
-    folder.mkdir()
+    folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, count in [("alpha", 40), ("beta", 23), ("gamma", 12), ("delta", 5)]:
         path = folder / f"{name}.fasta"
@@ -34,3 +32,8 @@ def fasta_set(tmp_path) -> dict[str, Path]:
         for index, length in enumerate([1030, 1400]):
             handle.write(f">delta_long{index}\n{random_protein(rng, length)}\n")
     return files
+
+
+@pytest.fixture
+def fasta_set(tmp_path) -> dict[str, Path]:
+    return make_fasta_set(tmp_path / "fasta")

@@ -30,11 +30,28 @@ def _normalize_gpus(gpus):
     return [str(gpu) for gpu in gpus]
 
 
+def _as_int(value):
+    try:
+        return int(value) if isinstance(value, str) else value
+    except ValueError:
+        return value  # left for the schema to report
+
+
+def _normalize_layers(layers):
+    # `--config layers=[30,33]` arrives as ['30', '33'], `layers=30,33` as the string "30,33"
+    if isinstance(layers, str) and layers != "last":
+        layers = layers.split(",") if "," in layers else _as_int(layers)
+    if isinstance(layers, list):
+        return [_as_int(layer) for layer in layers]
+    return layers
+
+
 def validate_config(config: dict, schema_path: str | os.PathLike) -> dict:
     """A new dict: defaults filled in, every value checked, gpus a list of strings (or None)."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     checked = {key: spec["default"] for key, spec in schema["properties"].items()}
     checked.update(config)
+    checked["layers"] = _normalize_layers(checked["layers"])
     error = jsonschema.exceptions.best_match(
         jsonschema.Draft202012Validator(schema).iter_errors(checked)
     )

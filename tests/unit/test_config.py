@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from seqembed.config import ConfigError, input_files, validate_config
+
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+
+
+def test_defaults_fill_every_key():
+    config = validate_config({}, SCHEMA)
+    assert config["truncation"] == 1022
+    assert config["layers"] == "last"
+    assert config["gpus"] is None
+    assert config["toks_per_batch"] == "auto"
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [(None, None), ("0,2", ["0", "2"]), ([0, 2], ["0", "2"]), (1, ["1"]), (["GPU-a1"], ["GPU-a1"])],
+)
+def test_gpus_in_every_form_the_command_line_produces(given, expected):
+    assert validate_config({"gpus": given}, SCHEMA)["gpus"] == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("last", "last"), (33, 33), ("-1", -1), (["30", "33"], [30, 33]), ("30,33", [30, 33])],
+)
+def test_layers_in_every_form_the_command_line_produces(given, expected):
+    assert validate_config({"layers": given}, SCHEMA)["layers"] == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"truncation": 0}, "config key 'truncation': 0 is less than the minimum of 1"),
+        ({"device": "gpu"}, "config key 'device': 'gpu' is not one of ['auto', 'cpu', 'cuda']"),
+        ({"layers": "first"}, "config key 'layers'"),
+        ({"toks_per_batch": -5}, "config key 'toks_per_batch'"),
+        ({"gpu": 2}, "'gpu' was unexpected"),
+        ({"output_layout": "virnucpro", "layers": [30, 33]}, "virnucpro holds exactly one layer"),
+    ],
+)
+def test_bad_values_give_one_line_naming_the_key(given, message):
+    with pytest.raises(ConfigError) as error:
+        validate_config(given, SCHEMA)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_inputs_by_glob_or_list_and_colliding_stems(tmp_path: Path):
+    for name in ["b.fasta", "a.faa", "a.fai", "notes.txt"]:
+        (tmp_path / name).write_text(">x\nM\n")
+    config = validate_config({"input_dir": str(tmp_path)}, SCHEMA)
+    assert input_files(config) == {"a": str(tmp_path / "a.faa"), "b": str(tmp_path / "b.fasta")}
+
+    (tmp_path / "a.fasta").write_text(">x\nM\n")
+    with pytest.raises(ConfigError, match="would both write embeddings/a.pt"):
+        input_files(config)
+
+    listed = validate_config({"input_files": [str(tmp_path / "b.fasta")]}, SCHEMA)
+    assert input_files(listed) == {"b": str(tmp_path / "b.fasta")}

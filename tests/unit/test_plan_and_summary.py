@@ -1,0 +1,78 @@
+import json
+
+import pandas as pd
+
+from seqembed.plan import make_plan, planned_device, write_plan
+from seqembed.summary import failed_lines, render_table, summarize
+
+
+def test_plan_lists_every_file_with_its_figures_and_a_device(fasta_set, tmp_path):
+    files = {name: str(path) for name, path in fasta_set.items()}
+    table, overview = make_plan(files, ["cuda:0", "cuda:3"])
+    write_plan(table, overview, tmp_path / "plan.tsv", tmp_path / "plan.json")
+
+    read = pd.read_csv(tmp_path / "plan.tsv", sep="\t").set_index("name")
+    assert sorted(read.index) == sorted(files)
+    assert set(read["device"]) == {"cuda:0", "cuda:3"}
+    loads = read.groupby("device")["residues"].sum().to_dict()
+    assert loads == json.loads((tmp_path / "plan.json").read_text())["planned_load"]
+    assert overview["makespan"] == max(loads.values()) >= overview["lower_bound"]
+    for name in files:
+        assert planned_device(tmp_path / "plan.tsv", name) == read.loc[name, "device"]
+    assert planned_device(tmp_path / "plan.tsv", "unknown") is None
+    assert planned_device(tmp_path / "missing.tsv", "alpha") is None
+
+
+def record(name, device, sequences, started, finished, **extra):
+    return {
+        "status": "done",
+        "name": name,
+        "file": f"in/{name}.fasta",
+        "device": device,
+        "sequences": sequences,
+        "residues": sequences * 100,
+        "real_tokens": sequences * 102,
+        "computed_tokens": sequences * 110,
+        "truncated_sequences": 1,
+        "started": started,
+        "finished": finished,
+        "wall_seconds": finished - started,
+        "model_load_seconds": 1.0,
+        **extra,
+    }
+
+
+def test_summary_totals_rates_devices_and_failures():
+    records = {
+        "a": record("a", "cuda:0", 100, 0.0, 10.0),
+        "b": record("b", "cuda:1", 50, 2.0, 7.0),
+        "c": record("c", "cuda:1", 30, 7.0, 9.0),
+        "d": {
+            "status": "failed",
+            "file": "in/d.fasta",
+            "error_type": "InputError",
+            "error_message": "in/d.fasta: line 3:\nbad | char",
+        },
+        "e": None,
+    }
+    summary = summarize(records, {"cuda:0": 10_000, "cuda:1": 8_000})
+    assert summary["files"] == {"total": 5, "done": 3, "failed": 1, "missing": 1}
+    assert summary["missing"] == ["e"]
+    assert summary["sequences"] == 180 and summary["residues"] == 18_000
+    assert summary["wall_seconds"] == 10.0
+    assert summary["sequences_per_s"] == 18.0
+    assert summary["model_load_share"] == 3.0 / 17.0
+    assert summary["padding_efficiency"] == 102 / 110
+    assert summary["devices"]["cuda:1"]["busy_seconds"] == 7.0
+    assert summary["devices"]["cuda:1"]["sequences_per_s"] == 80 / 7.0
+    assert summary["devices"]["cuda:0"]["planned_residues"] == 10_000
+    assert failed_lines(summary) == ["in/d.fasta|InputError|in/d.fasta: line 3: bad / char"]
+    table = render_table(summary)
+    assert "3/5 files done, 1 failed, 1 missing" in table
+    assert all(len(line) <= 100 for line in table.splitlines())
+
+
+def test_summary_of_nothing_done_has_no_rates():
+    summary = summarize({"a": None})
+    assert summary["sequences_per_s"] is None and summary["padding_efficiency"] is None
+    assert "0/1 files done" in render_table(summary)

@@ -1,0 +1,185 @@
+"""Real `snakemake` processes on real files with the tiny ESM-2, CPU mode, two device slots:
+what a user gets from a run, a second run, and after deleting or adding files or changing
+settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import REPO, make_fasta_set
+from reference import reference_embeddings
+
+from seqembed.backends.esm import PROTEIN_ALPHABET
+from seqembed.fasta import read_fasta
+from seqembed.summary import read_records, summarize
+
+pytestmark = pytest.mark.workflow
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+NAMES = ["alpha", "beta", "delta", "gamma"]
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run the workflow as a user does, from their own folder with their own config file."""
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml"]
+    command += ["--cores", "2", "--resources", "gpu=2", *args]
+    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600)
+
+
+def jobs_to_run(workdir: Path, *args: str) -> dict[str, list[str]]:
+    """rule -> wildcard names of the jobs a dry run would run."""
+    result = snakemake(workdir, "--dry-run", *args)
+    assert result.returncode == 0, result.stderr + result.stdout
+    jobs: dict[str, list[str]] = {}
+    rule = None
+    for line in (result.stdout + result.stderr).splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
+            rule = match.group(1)
+            jobs.setdefault(rule, [])
+        elif (match := re.match(r"^wildcards: name=(\S+)$", line.strip())) and rule:
+            jobs[rule].append(match.group(1))
+    return {rule: sorted(names) for rule, names in jobs.items()}
+
+
+def mtimes(workdir: Path) -> dict[str, int]:
+    folder = workdir / "results" / "embeddings"
+    return {path.stem: path.stat().st_mtime_ns for path in folder.glob("*.pt")}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model):
+    """One complete run; tests that change things work on a copy of it."""
+    workdir = tmp_path_factory.mktemp("run")
+    make_fasta_set(workdir / "fasta")
+    config = {"input_dir": "fasta", "model": str(tiny_model), "device": "cpu", "cpu_slots": 2}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir)
+    return workdir, result
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    workdir, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, symlinks=True)
+    return copy
+
+
+def test_run_writes_correct_embeddings_plan_and_summary(finished_run, tiny_model):
+    workdir, result = finished_run
+    assert result.returncode == 0, result.stderr
+    out = workdir / "results"
+
+    for name in NAMES:
+        records = read_fasta(workdir / "fasta" / f"{name}.fasta", PROTEIN_ALPHABET)
+        embedded = torch.load(out / "embeddings" / f"{name}.pt")
+        assert embedded["ids"] == records.ids
+        expected = reference_embeddings(tiny_model, records.sequences, [3], 1022)[3]
+        got = embedded["mean_representations"][3]
+        assert (got - expected).abs().max().item() <= 1e-5
+
+    plan = pd.read_csv(out / "plan.tsv", sep="\t").set_index("name")
+    assert sorted(plan.index) == NAMES
+    assert set(plan["device"]) == {"cpu:0", "cpu:1"}
+    for name in NAMES:
+        records = read_fasta(workdir / "fasta" / f"{name}.fasta", PROTEIN_ALPHABET)
+        lengths = [len(sequence) for sequence in records.sequences]
+        assert plan.loc[name, "sequences"] == len(lengths)
+        assert plan.loc[name, "residues"] == sum(lengths)
+        assert plan.loc[name, "longest"] == max(lengths)
+
+    records = read_records(out / "records", NAMES)
+    assert all(record["status"] == "done" for record in records.values())
+    assert {record["device"] for record in records.values()} <= {"cpu:0", "cpu:1"}
+    summary = json.loads((out / "summary.json").read_text())
+    recomputed = summarize(records, json.loads((out / "plan.json").read_text())["planned_load"])
+    assert summary == json.loads(json.dumps(recomputed))
+    assert summary["files"] == {"total": 4, "done": 4, "failed": 0, "missing": 0}
+    assert summary["sequences"] == sum(r["sequences"] for r in records.values())
+    assert sum(d["sequences"] for d in summary["devices"].values()) == summary["sequences"]
+    assert summary["truncated_sequences"] == 2  # the two long sequences in delta
+    assert (out / "failed_files.txt").read_text() == ""
+    assert "4/4 files done" in result.stdout + result.stderr
+    # the largest file starts first: its job is the first embed job in the log
+    first_embed = re.search(r"rule embed:\n(?:.*\n){0,6}?\s+wildcards: name=(\w+)", result.stderr)
+    assert first_embed and first_embed.group(1) == "alpha"
+
+
+def test_second_run_does_nothing(run_copy):
+    before = mtimes(run_copy)
+    assert jobs_to_run(run_copy) == {}
+    result = snakemake(run_copy)
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+    assert mtimes(run_copy) == before
+
+
+def test_deleting_one_output_reruns_only_that_file(run_copy):
+    (run_copy / "results" / "embeddings" / "beta.pt").unlink()
+    before = mtimes(run_copy)
+    assert jobs_to_run(run_copy)["embed"] == ["beta"]
+    assert snakemake(run_copy).returncode == 0
+    after = mtimes(run_copy)
+    assert sorted(after) == NAMES
+    assert {name for name in NAMES if after[name] != before.get(name)} == {"beta"}
+
+
+def test_adding_an_input_file_runs_only_that_file(run_copy):
+    shutil.copy(run_copy / "fasta" / "gamma.fasta", run_copy / "fasta" / "epsilon.fasta")
+    before = mtimes(run_copy)
+    jobs = jobs_to_run(run_copy)
+    assert jobs["embed"] == ["epsilon"]
+    assert "plan" in jobs and "summary" in jobs
+    result = snakemake(run_copy)
+    assert result.returncode == 0, result.stderr
+    after = mtimes(run_copy)
+    assert {name for name in after if after[name] != before.get(name)} == {"epsilon"}
+    summary = json.loads((run_copy / "results" / "summary.json").read_text())
+    assert summary["files"]["done"] == 5
+
+
+@pytest.mark.parametrize(
+    "setting", ["toks_per_batch=333", "verbosity=verbose", "gpus=[0,1]", "cpu_slots=1"]
+)
+def test_settings_that_cannot_change_numbers_rerun_nothing(run_copy, setting):
+    assert "embed" not in jobs_to_run(run_copy, "--config", setting)
+
+
+@pytest.mark.parametrize(
+    "setting", ["truncation=100", "layers=[1]", "precision=bf16", "output_layout=virnucpro"]
+)
+def test_settings_that_change_numbers_rerun_every_file(run_copy, setting):
+    assert jobs_to_run(run_copy, "--config", setting)["embed"] == NAMES
+
+
+def test_changing_the_model_reruns_every_file(run_copy, tmp_path):
+    from seqembed.demo import write_tiny_esm2
+
+    other = write_tiny_esm2(tmp_path / "other", layers=2, dim=32, heads=4, seed=5)
+    assert jobs_to_run(run_copy, "--config", f"model={other}")["embed"] == NAMES
+
+
+def test_bad_config_value_stops_with_one_line_naming_the_key(run_copy):
+    shutil.rmtree(run_copy / "results")
+    result = snakemake(run_copy, "--config", "device=gpu")
+    assert result.returncode == 1
+    last_line = (result.stdout + result.stderr).strip().splitlines()[-1]
+    assert last_line == "seqembed: config key 'device': 'gpu' is not one of ['auto', 'cpu', 'cuda']"
+    assert not (run_copy / "results").exists()
+
+
+def test_plain_snakemake_in_the_repository_uses_the_workflow_profile():
+    # keep-going must hold for plain `snakemake`: a bad file may not stop the others
+    profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    assert profile["keep-going"] is True
+    assert os.path.exists(REPO / "config" / "config.yaml")
