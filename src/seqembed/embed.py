@@ -85,8 +85,9 @@ def run_embed_job(job: EmbedJob) -> dict:
         torch_device = torch_device_for(claim.label)
         import torch
 
-        if torch_device == "cpu":
-            torch.set_num_threads(max(1, job.threads))
+        # the job's share of the cores: several jobs on one node must not each start a
+        # thread per core
+        torch.set_num_threads(max(1, job.threads))
         load_started = time.time()
         backend = load_backend(
             config["model"],

@@ -62,3 +62,17 @@ def test_inputs_by_glob_or_list_and_colliding_stems(tmp_path: Path):
 
     listed = validate_config({"input_files": [str(tmp_path / "b.fasta")]}, SCHEMA)
     assert input_files(listed) == {"b": str(tmp_path / "b.fasta")}
+
+
+def test_the_snakemake_process_side_never_imports_torch():
+    # The Snakefile, the plan and the summary run in (or beside) the Snakemake process:
+    # importing torch there costs seconds per parse and risks a CUDA context off-GPU-jobs.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import seqembed.config, seqembed.devices, seqembed.plan, seqembed.summary;"
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

@@ -16,7 +16,7 @@ def embed_threads():
     on_gpu = config["device"] == "cuda" or (
         config["device"] == "auto" and gpu_pool(config["gpus"])
     )
-    return 1 if on_gpu else max(1, workflow.cores // config["cpu_slots"])
+    return 1 if on_gpu else max(1, (workflow.cores or 1) // config["cpu_slots"])
 
 
 def input_size(wildcards):

@@ -12,5 +12,7 @@ rule plan:
         ENV
     params:
         names=list(FILES),
+        # re-plan (only the plan) when the device pool is configured differently
+        pool=[config["device"], config["gpus"], config["cpu_slots"]],
     script:
         "../../scripts/plan.py"
