@@ -9,7 +9,11 @@ from pathlib import Path
 # The package lives next to this file; no installation needed to run from a clone.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from seqembed.config import ConfigError, input_files, validate_config
+from seqembed import runstate
+from seqembed.config import ConfigError, check_writable, input_files, validate_config
+from seqembed.layout import RunLayout
+from seqembed.preflight import preflight_in_subprocess
+from seqembed.summary import exit_code_after_failure
 
 
 # the documented defaults travel with the workflow; --configfile / --config override them
@@ -23,10 +27,11 @@ try:
         )
     )
     FILES = input_files(config)
+    check_writable(config["output_dir"])
 except ConfigError as error:
     sys.exit(f"seqembed: {error}")
 
-OUT = config["output_dir"]
+LAYOUT = RunLayout(config["output_dir"])
 
 
 # The embeddings are targets themselves, not only inputs of the summary: Snakemake does not
@@ -35,13 +40,31 @@ OUT = config["output_dir"]
 rule all:
     default_target: True
     input:
-        expand(f"{OUT}/embeddings/{{name}}.pt", name=FILES),
-        f"{OUT}/plan.tsv",
-        f"{OUT}/summary.json",
-        f"{OUT}/failed_files.txt",
+        [LAYOUT.embedding(name) for name in FILES],
+        LAYOUT.plan_tsv,
+        LAYOUT.summary,
+        LAYOUT.failed,
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/plan.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/summary.smk"
+
+
+# Runs only when there is work to do, never in a dry run, before the first job starts.
+# The checks run in a child process: the Snakemake process never imports torch or
+# creates a CUDA context.
+onstart:
+    failure = preflight_in_subprocess(dict(config))
+    if failure:
+        sys.exit(f"seqembed: pre-flight failed: {failure}")
+    # a fresh run: earlier failures no longer count towards an abort
+    runstate.reset(LAYOUT.state)
+
+
+# With keep-going, the summary rule does not run once a job failed: the same summary is
+# written here, and the exit code says what happened (sys.exit in a handler is how Snakemake
+# lets a workflow choose it; its locks are still released).
+onerror:
+    sys.exit(exit_code_after_failure(LAYOUT, list(FILES)))

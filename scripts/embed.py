@@ -1,8 +1,10 @@
 import _seqembed_path  # noqa: F401
 
 from seqembed.embed import EmbedJob, run_or_record_failure
+from seqembed.layout import RunLayout
 
 snakemake = snakemake  # noqa: F821 - provided by Snakemake
+layout = RunLayout(snakemake.config["output_dir"])
 run_or_record_failure(
     EmbedJob(
         name=snakemake.wildcards.name,
@@ -10,8 +12,9 @@ run_or_record_failure(
         output=snakemake.output.embeddings,
         record=snakemake.log.record,
         config=dict(snakemake.config),
-        plan_path=snakemake.params.plan,
-        lock_dir=snakemake.params.lock_dir,
+        plan_path=layout.plan_tsv,
+        lock_dir=layout.locks,
+        state_dir=layout.state,
         threads=snakemake.threads,
         attempt=snakemake.resources.attempt,
     )

@@ -7,5 +7,5 @@ snakemake = snakemake  # noqa: F821 - provided by Snakemake
 config = snakemake.config
 pool = resolve_pool(config["device"], config["gpus"], config["cpu_slots"])
 files = dict(zip(snakemake.params.names, snakemake.input, strict=True))
-table, overview = make_plan(files, pool)
-write_plan(table, overview, snakemake.output.tsv, snakemake.output.overview)
+rows, overview = make_plan(files, pool)
+write_plan(rows, overview, snakemake.output.tsv, snakemake.output.overview)

@@ -1,12 +1,7 @@
 import _seqembed_path  # noqa: F401
 
+from seqembed.layout import RunLayout
 from seqembed.summary import report_run
 
 snakemake = snakemake  # noqa: F821 - provided by Snakemake
-report_run(
-    snakemake.params.records,
-    snakemake.params.names,
-    plan_overview=snakemake.input.plan,
-    json_path=snakemake.output.summary,
-    failed_path=snakemake.output.failed,
-)
+report_run(RunLayout(snakemake.config["output_dir"]), snakemake.params.names)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -68,6 +69,20 @@ def validate_config(config: dict, schema_path: str | os.PathLike) -> dict:
     ):
         raise ConfigError("config key 'layers': output_layout virnucpro holds exactly one layer")
     return checked
+
+
+def check_writable(output_dir: str) -> None:
+    """Create output_dir if needed and write a probe file there: a folder that cannot be
+    written stops the run before anything starts, not after hours of computing."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".seqembed-probe-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            f"config key 'output_dir': {output_dir} cannot be written: {reason}"
+        ) from None
 
 
 def input_files(config: dict) -> dict[str, str]:

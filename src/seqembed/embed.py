@@ -1,29 +1,30 @@
 """One embed job: one FASTA file in, one embedding file and one record out.
 
-Order matters: the input is read and checked before a device is claimed or a model loaded, so
-a bad file costs nothing but its own line in the report.
+Order matters: the abort flag and the input are checked before a device is claimed or a
+model loaded, so a bad file or an aborted run costs seconds, not a model load.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import json
 import os
 import socket
 import sys
 import time
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
-from seqembed import plan as plans
+from seqembed import faults, runstate
 from seqembed.backends import ModelError
-from seqembed.batching import (
-    CPU_TOKS_PER_BATCH,
-    MemoryModel,
-    fixed_budget,
-    make_batches,
-    memory_budget,
-)
+from seqembed.batching import CPU_TOKS_PER_BATCH, MemoryModel, fixed_budget, memory_budget
 from seqembed.devices import DeviceError, claim_device, cuda_env_for, resolve_pool, torch_device_for
 from seqembed.fasta import InputError, read_fasta
 from seqembed.output import embedding_payload, write_atomically, write_json
+from seqembed.plan import planned_device
+from seqembed.runner import SequenceTooLarge, embed_all
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,26 @@ class EmbedJob:
     config: dict  # validated (seqembed.config.validate_config)
     plan_path: str
     lock_dir: str
+    state_dir: str
     threads: int = 1
     attempt: int = 1
+
+
+class Aborted(Exception):
+    """The run was aborted by earlier failures; this file was not attempted."""
+
+
+#: error type for failures.txt, and whether it counts towards the systemic abort (input
+#: problems say nothing about the model, driver or node)
+ERROR_TYPES = {
+    InputError: ("InputError", False),
+    Aborted: ("Aborted", False),
+    ModelError: ("ModelError", True),
+    DeviceError: ("DeviceError", True),
+    SequenceTooLarge: ("OOM", True),
+}
+#: a retry of these would fail the same way: the retry repeats the verdict instead
+DETERMINISTIC = {"InputError", "ModelError", "OOM"}
 
 
 def say(config: dict, level: str, message: str) -> None:
@@ -62,7 +81,21 @@ def _budget(job: EmbedJob, backend, layers: list[int], torch_device: str):
     return memory_budget(free_bytes, memory)
 
 
-def run_embed_job(job: EmbedJob) -> dict:
+def _read_record(path: str) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _remove_stale_temporaries(output: str) -> None:
+    # a job killed mid-write leaves its hidden temporary behind (never the final name)
+    target = Path(output)
+    for stale in glob.glob(str(target.parent / f".{glob.escape(target.name)}.*.tmp")):
+        Path(stale).unlink(missing_ok=True)
+
+
+def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
     """Embed one file and write its output and record; returns the record."""
     from seqembed.backends import backend_class, load_backend
 
@@ -70,19 +103,39 @@ def run_embed_job(job: EmbedJob) -> dict:
     config = job.config
     records = read_fasta(job.fasta, backend_class(config["model"]).alphabet)
     lengths = [len(sequence) for sequence in records.sequences]
+    _remove_stale_temporaries(job.output)
 
-    pool = resolve_pool(config["device"], config["gpus"], config["cpu_slots"])
-    planned = plans.planned_device(job.plan_path, job.name)
-    claim = claim_device(
-        pool,
-        job.lock_dir,
-        holder=job.name,
-        prefer=[planned] if planned else [],
-        on_wait=lambda: say(config, "normal", f"{job.name}: waiting for a free device"),
-    )
+    planned = planned_device(job.plan_path, job.name)
+    if lengths:
+        claim = claim_device(
+            resolve_pool(config["device"], config["gpus"], config["cpu_slots"]),
+            job.lock_dir,
+            holder=job.name,
+            prefer=[planned] if planned else [],
+            avoid=avoid,
+            on_wait=lambda: say(config, "normal", f"{job.name}: waiting for a free device"),
+        )
+        label = claim.label
+    else:
+        # nothing to compute: the model is loaded on the CPU only for its layers and width
+        claim, label = contextlib.nullcontext(), "cpu:0"
+    base = {
+        "name": job.name,
+        "file": job.fasta,
+        "output": job.output,
+        "device": label if lengths else None,
+        "planned_device": planned,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "attempt": job.attempt,
+        "started": started,
+    }
     with claim:
-        os.environ.update(cuda_env_for(claim.label))
-        torch_device = torch_device_for(claim.label)
+        # until this is replaced, a crash of this process leaves "running" behind: the retry
+        # reads it to avoid the device, the summary to name the crash
+        write_json(job.record, {**base, "status": "running"})
+        os.environ.update(cuda_env_for(label))
+        torch_device = torch_device_for(label)
         import torch
 
         # the job's share of the cores: several jobs on one node must not each start a
@@ -99,55 +152,46 @@ def run_embed_job(job: EmbedJob) -> dict:
         model_load_seconds = time.time() - load_started
 
         compute_started = time.time()
-        batches = make_batches(
-            lengths,
+        result = embed_all(
+            backend,
+            records,
+            layers,
             _budget(job, backend, layers, torch_device),
-            extra_tokens=backend.extra_tokens,
             truncation=config["truncation"],
+            progress=lambda message: say(config, "verbose", f"{job.name}: {message}"),
         )
-        pooled = {layer: torch.zeros(len(lengths), backend.embed_dim) for layer in layers}
-        for number, batch in enumerate(batches, start=1):
-            result = backend.embed([records.sequences[i] for i in batch.indices], layers)
-            index = torch.tensor(batch.indices)
-            for layer in layers:
-                pooled[layer][index] = result[layer]
-            say(
-                config,
-                "verbose",
-                f"{job.name}: batch {number}/{len(batches)}: {len(batch.indices)} sequences "
-                f"x {batch.padded_length} tokens",
-            )
         compute_seconds = time.time() - compute_started
 
         payload = embedding_payload(
             config["output_layout"],
             records.ids,
-            pooled,
+            result.pooled,
             model=backend.name,
             truncation=config["truncation"],
         )
-        write_atomically(job.output, lambda stream: torch.save(payload, stream))
+
+        def write(stream) -> None:
+            torch.save(payload, stream)
+            stream.flush()
+            faults.maybe_pause_before_rename(job.name, job.attempt)
+
+        write_atomically(job.output, write)
 
     finished = time.time()
     record = {
+        **base,
         "status": "done",
-        "name": job.name,
-        "file": job.fasta,
-        "output": job.output,
-        "device": claim.label,
-        "planned_device": planned,
-        "host": socket.gethostname(),
-        "attempt": job.attempt,
         "model": backend.name,
         "layers": layers,
         "precision": str(backend.dtype).removeprefix("torch."),
         "sequences": len(lengths),
         "residues": sum(lengths),
         "real_tokens": sum(min(n, config["truncation"]) + backend.extra_tokens for n in lengths),
-        "computed_tokens": sum(batch.computed_tokens for batch in batches),
-        "batches": len(batches),
+        "computed_tokens": result.computed_tokens,
+        "batches": result.batches,
+        "oom_backoffs": result.oom_backoffs,
         "truncated_sequences": sum(n > config["truncation"] for n in lengths),
-        "started": started,
+        "duplicate_ids": len(records.ids) - len(set(records.ids)),
         "finished": finished,
         "model_load_seconds": model_load_seconds,
         "compute_seconds": compute_seconds,
@@ -157,37 +201,79 @@ def run_embed_job(job: EmbedJob) -> dict:
     say(
         config,
         "normal",
-        f"{job.name}: {len(lengths)} sequences on {claim.label} in {finished - started:.1f} s "
-        f"(model load {model_load_seconds:.1f} s)",
+        f"{job.name}: {len(lengths)} sequences on {record['device']} in "
+        f"{finished - started:.1f} s (model load {model_load_seconds:.1f} s)",
     )
     return record
 
 
-#: errors whose message is already one clear line for the user; anything else is a bug or a
-#: crash and keeps its traceback
-EXPECTED_ERRORS = {InputError: "InputError", ModelError: "ModelError", DeviceError: "DeviceError"}
+def _classify(error: BaseException) -> tuple[str, bool, str]:
+    for kind, (error_type, runtime) in ERROR_TYPES.items():
+        if isinstance(error, kind):
+            return error_type, runtime, " ".join(str(error).split())
+    if type(error).__name__ == "OutOfMemoryError":  # torch's, outside the batch loop
+        return "OOM", True, " ".join(str(error).split())
+    # a bug or an unforeseen library error: keep the traceback for whoever debugs it
+    traceback.print_exc()
+    return "Error", True, " ".join(f"{type(error).__name__}: {error}".split())
 
 
 def run_or_record_failure(job: EmbedJob) -> dict:
-    """Run the job; on an expected error write a failure record (kept: it is the rule's log)
-    and exit with one line naming the file, so the other files go on."""
+    """Run the job with the failure semantics of a run: every failure leaves a record (the
+    rule's log, which Snakemake keeps) and one line naming the file, and exits non-zero so
+    Snakemake retries or gives up on this file while the others go on."""
+    previous = _read_record(job.record)
+    retry_of = previous if previous and previous.get("attempt", 0) < job.attempt else None
+    history = list((retry_of or {}).get("previous_attempts", []))
+    avoid: list[str] = []
     try:
-        return run_embed_job(job)
-    except tuple(EXPECTED_ERRORS) as error:
-        error_type = EXPECTED_ERRORS[type(error)]
-        message = " ".join(str(error).split())
-        write_json(
-            job.record,
-            {
-                "status": "failed",
-                "name": job.name,
-                "file": job.fasta,
-                "attempt": job.attempt,
-                "host": socket.gethostname(),
-                "error_type": error_type,
-                "error_message": message,
-                "finished": time.time(),
-            },
-        )
-        where = "" if job.fasta in message else f"{job.fasta}: "
-        raise SystemExit(f"seqembed: {error_type}: {where}{message}") from None
+        reason = runstate.abort_reason(job.state_dir)
+        if reason:
+            raise Aborted(reason)
+        if retry_of and retry_of["status"] == "running":
+            # the previous attempt of this run died without a word: killed, segfault, node
+            crash = f"attempt {retry_of['attempt']} ended without a result on {retry_of['device']}"
+            history.append(
+                {
+                    "attempt": retry_of["attempt"],
+                    "device": retry_of["device"],
+                    "error_type": "Crash",
+                    "error_message": crash,
+                }
+            )
+            avoid = [retry_of["device"]] if retry_of.get("device") else []
+            runstate.record_outcome(job.state_dir, job.name, job.fasta, "Crash", crash)
+        if retry_of and retry_of.get("error_type") in DETERMINISTIC:
+            _fail(job, history, retry_of["error_type"], retry_of["error_message"])
+        record = run_embed_job(job, avoid=avoid)
+    except SystemExit:
+        raise
+    except Exception as error:  # noqa: BLE001 - every failure must leave a record
+        error_type, runtime, message = _classify(error)
+        if runtime:
+            runstate.record_outcome(job.state_dir, job.name, job.fasta, error_type, message)
+        _fail(job, history, error_type, message)
+    if history:
+        record["previous_attempts"] = history
+        write_json(job.record, record)
+    runstate.record_outcome(job.state_dir, job.name, job.fasta, None)
+    return record
+
+
+def _fail(job: EmbedJob, history: list[dict], error_type: str, message: str):
+    write_json(
+        job.record,
+        {
+            "status": "failed",
+            "name": job.name,
+            "file": job.fasta,
+            "attempt": job.attempt,
+            "host": socket.gethostname(),
+            "error_type": error_type,
+            "error_message": message,
+            "previous_attempts": history,
+            "finished": time.time(),
+        },
+    )
+    where = "" if job.fasta in message else f"{job.fasta}: "
+    raise SystemExit(f"seqembed: {error_type}: {where}{message}")

@@ -48,9 +48,16 @@ def fasta_stats(path: str | os.PathLike) -> FastaStats:
 
 
 def read_fasta(path: str | os.PathLike, alphabet: Iterable[str]) -> FastaRecords:
-    """Read every record, upper-cased, with a trailing stop `*` removed (translated reads end
-    in one). Anything else outside `alphabet` is an InputError naming file, line and record,
-    raised before any model is loaded."""
+    """Read every record, checked before any model is loaded.
+
+    Lenient, because real files look like this: lower case is upper-cased, a trailing stop
+    `*` (translated reads end in one) is dropped, blank lines are skipped, duplicate ids are
+    kept (outputs are by position), a file with no sequences at all is valid and empty.
+    Strict, because a silent wrong embedding is worse than a failed file: text before the
+    first header, a header without a sequence or without an id, a character outside
+    `alphabet` (an internal `*` included: split reads at stops first), binary content.
+    Each is an InputError naming the file, the line and the record.
+    """
     allowed = frozenset(alphabet)
     ids: list[str] = []
     sequences: list[str] = []
@@ -61,6 +68,8 @@ def read_fasta(path: str | os.PathLike, alphabet: Iterable[str]) -> FastaRecords
         sequence = "".join(chunks).upper()
         if sequence.endswith("*"):
             sequence = sequence[:-1]
+        if not sequence:
+            raise InputError(f"{path}: line {header_line}: record '{ids[-1]}' has no sequence")
         bad = set(sequence) - allowed
         if bad:
             shown = "".join(sorted(bad))
@@ -73,23 +82,27 @@ def read_fasta(path: str | os.PathLike, alphabet: Iterable[str]) -> FastaRecords
     try:
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
+                if "\x00" in line:
+                    raise InputError(f"{path}: line {number}: binary content, not a FASTA file")
                 line = line.strip()
                 if line.startswith(">"):
                     if ids:
                         finish()
-                    ids.append(line[1:].split(maxsplit=1)[0] if line[1:].strip() else "")
+                    if not line[1:].strip():
+                        raise InputError(f"{path}: line {number}: header without an id")
+                    ids.append(line[1:].split(maxsplit=1)[0])
                     header_line = number
                     chunks = []
                 elif line:
                     if not ids:
                         raise InputError(
-                            f"{path}: line {number}: sequence data before any '>' header"
+                            f"{path}: line {number}: not FASTA: text before the first '>' header"
                         )
                     chunks.append(line)
         if ids:
             finish()
     except UnicodeDecodeError as error:
-        raise InputError(f"{path}: not a text FASTA file ({error.reason})") from None
+        raise InputError(f"{path}: binary content, not a FASTA file ({error.reason})") from None
     except OSError as error:
         raise InputError(f"{path}: cannot read: {error.strerror}") from None
     return FastaRecords(ids, sequences)

@@ -28,9 +28,12 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]
         raise
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+def write_text(path: str | os.PathLike, text: str) -> None:
     write_atomically(path, lambda stream: stream.write(text.encode()))
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def embedding_payload(

@@ -9,21 +9,22 @@ re-planning (a file added) must not make finished embeddings stale.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Mapping
 
-import pandas as pd
-
-from seqembed.assign import assign
 from seqembed.fasta import fasta_stats
-from seqembed.output import write_atomically, write_json
+from seqembed.output import write_json, write_text
 
 COLUMNS = ["name", "file", "bytes", "sequences", "residues", "longest", "device", "device_load"]
 
 
-def make_plan(files: Mapping[str, str], pool: list[str]) -> tuple[pd.DataFrame, dict]:
+def make_plan(files: Mapping[str, str], pool: list[str]) -> tuple[list[dict], dict]:
     """Per file statistics plus a balanced assignment by residues (work grows with residues;
     the file size in bytes would also count header text)."""
+    # imported here: every embed job imports this module for planned_device() alone
+    from seqembed.assign import assign
+
     stats = {name: fasta_stats(path) for name, path in files.items()}
     assignment = assign({name: s.residues for name, s in stats.items()}, pool)
     rows = [
@@ -39,7 +40,6 @@ def make_plan(files: Mapping[str, str], pool: list[str]) -> tuple[pd.DataFrame, 
         }
         for name, s in stats.items()
     ]
-    table = pd.DataFrame(rows, columns=COLUMNS)
     overview = {
         "files": len(rows),
         "devices": pool,
@@ -49,12 +49,15 @@ def make_plan(files: Mapping[str, str], pool: list[str]) -> tuple[pd.DataFrame, 
         "lpt_makespan": assignment.lpt_makespan,
         "method": assignment.method,
     }
-    return table, overview
+    return rows, overview
 
 
-def write_plan(table: pd.DataFrame, overview: dict, tsv: str, json_path: str) -> None:
-    text = table.to_csv(sep="\t", index=False)
-    write_atomically(tsv, lambda stream: stream.write(text.encode()))
+def write_plan(rows: list[dict], overview: dict, tsv: str, json_path: str) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, COLUMNS, delimiter="\t", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(tsv, text.getvalue())
     write_json(json_path, overview)
 
 

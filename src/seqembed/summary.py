@@ -9,7 +9,9 @@ from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
-from seqembed.output import write_atomically, write_json
+from seqembed import runstate
+from seqembed.layout import RunLayout
+from seqembed.output import write_json, write_text
 
 
 def read_records(records_dir: str | os.PathLike, names: list[str]) -> dict[str, dict | None]:
@@ -23,6 +25,19 @@ def read_records(records_dir: str | os.PathLike, names: list[str]) -> dict[str, 
     return found
 
 
+def _as_failure(record: dict) -> dict:
+    """A record still "running" when the run is summarized belongs to a job that died
+    without a word: killed, segfault, lost node."""
+    if record["status"] != "running":
+        return record
+    return {
+        **record,
+        "error_type": "Crash",
+        "error_message": f"job ended without a result (killed, segfault or lost node) on "
+        f"{record.get('device')}, attempt {record.get('attempt')}",
+    }
+
+
 def _rates(sequences: int, residues: int, seconds: float) -> dict:
     return {
         "sequences_per_s": sequences / seconds if seconds > 0 else None,
@@ -30,12 +45,16 @@ def _rates(sequences: int, residues: int, seconds: float) -> dict:
     }
 
 
-def summarize(records: Mapping[str, dict | None], planned_load: Mapping[str, int] | None = None):
+def summarize(
+    records: Mapping[str, dict | None],
+    planned_load: Mapping[str, int] | None = None,
+    aborted: str | None = None,
+):
     """Totals, rates and per-device figures. Wall time spans the first start to the last finish
     among the summarized records; per-device rates use that device's busy time (its jobs' wall
     seconds), so they show what a device does while it works."""
     done = [r for r in records.values() if r and r["status"] == "done"]
-    failed = [r for r in records.values() if r and r["status"] == "failed"]
+    failed = [_as_failure(r) for r in records.values() if r and r["status"] != "done"]
     missing = sorted(name for name, r in records.items() if r is None)
     sequences = sum(r["sequences"] for r in done)
     residues = sum(r["residues"] for r in done)
@@ -49,6 +68,8 @@ def summarize(records: Mapping[str, dict | None], planned_load: Mapping[str, int
         lambda: {"files": 0, "sequences": 0, "residues": 0, "busy_seconds": 0.0}
     )
     for record in done:
+        if record["device"] is None:  # an empty file: nothing ran anywhere
+            continue
         device = devices[record["device"]]
         device["files"] += 1
         device["sequences"] += record["sequences"]
@@ -58,6 +79,7 @@ def summarize(records: Mapping[str, dict | None], planned_load: Mapping[str, int
         device.update(_rates(device["sequences"], device["residues"], device["busy_seconds"]))
         device["planned_residues"] = (planned_load or {}).get(name)
     return {
+        "aborted": aborted,
         "files": {
             "total": len(records),
             "done": len(done),
@@ -94,8 +116,7 @@ def failed_lines(summary: dict) -> list[str]:
 
 def write_summary(summary: dict, json_path: str, failed_path: str) -> None:
     write_json(json_path, summary)
-    text = "".join(line + "\n" for line in failed_lines(summary))
-    write_atomically(failed_path, lambda stream: stream.write(text.encode()))
+    write_text(failed_path, "".join(line + "\n" for line in failed_lines(summary)))
 
 
 def _number(value, digits: int = 1) -> str:
@@ -132,23 +153,30 @@ def render_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def report_run(
-    records_dir: str,
-    names: list[str],
-    *,
-    plan_overview: str | None,
-    json_path: str,
-    failed_path: str,
-) -> dict:
+def report_run(layout: RunLayout, names: list[str], *, aborted: str | None = None) -> dict:
     """Summarize the records of `names`, write summary.json and failed_files.txt, print the
     table; the summary rule and the failure handler both end a run here."""
-    planned = None
-    if plan_overview:
-        try:
-            planned = json.loads(Path(plan_overview).read_text())["planned_load"]
-        except (OSError, ValueError, KeyError):
-            planned = None
-    summary = summarize(read_records(records_dir, names), planned)
-    write_summary(summary, json_path, failed_path)
+    try:
+        planned = json.loads(Path(layout.plan_json).read_text())["planned_load"]
+    except (OSError, ValueError, KeyError):
+        planned = None
+    summary = summarize(read_records(layout.records, names), planned, aborted)
+    write_summary(summary, layout.summary, layout.failed)
     print(render_table(summary), flush=True)
     return summary
+
+
+def exit_code_after_failure(layout: RunLayout, names: list[str]) -> int:
+    """For Snakemake's onerror handler: write the summary from whatever finished and tell
+    the caller's script what happened: 2 some files done and some failed; 1 nothing done,
+    the run was aborted. The reason is the last line printed."""
+    summary = report_run(layout, names, aborted=runstate.abort_reason(layout.state))
+    failed = summary["files"]["failed"] + summary["files"]["missing"]
+    if summary["aborted"]:
+        print(f"seqembed: {summary['aborted']}", flush=True)
+        return 1
+    print(
+        f"seqembed: {failed} of {summary['files']['total']} files failed: see {layout.failed}",
+        flush=True,
+    )
+    return 2 if summary["files"]["done"] else 1

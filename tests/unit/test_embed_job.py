@@ -28,6 +28,7 @@ def make_job(tmp_path, fasta, model, **settings) -> EmbedJob:
         config=config,
         plan_path=str(tmp_path / "no-plan.tsv"),
         lock_dir=str(tmp_path / "locks"),
+        state_dir=str(tmp_path / "state"),
     )
 
 

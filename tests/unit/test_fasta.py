@@ -19,7 +19,12 @@ def test_records_stats_and_lenient_forms(tmp_path):
     ("content", "message"),
     [
         (">a\nMK1V\n", "line 1: record 'a' has characters outside the alphabet: '1'"),
-        ("MKV\n>a\nMKV\n", "line 1: sequence data before any '>' header"),
+        ("MKV\n>a\nMKV\n", "line 1: not FASTA: text before the first '>' header"),
+        ("id,score\nA1,0.5\n", "line 1: not FASTA: text before the first '>' header"),
+        (">a\n>b\nMKV\n", "line 1: record 'a' has no sequence"),
+        (">a\nMKV\n>\nMKV\n", "line 3: header without an id"),
+        (">a\nMK*V\n", "line 1: record 'a' has characters outside the alphabet: '*'"),
+        (">a\nMKV\x00\x01\n", "line 2: binary content, not a FASTA file"),
         (">a\nMKV\n>b\nAC-GT\n", "line 3: record 'b' has characters outside the alphabet: '-'"),
     ],
 )
@@ -34,7 +39,22 @@ def test_bad_input_names_file_and_line(tmp_path, content, message):
 def test_binary_and_unreadable_files(tmp_path):
     binary = tmp_path / "reads.fasta.gz"
     binary.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe")
-    with pytest.raises(InputError, match="not a text FASTA file"):
+    with pytest.raises(InputError, match="binary content, not a FASTA file"):
         read_fasta(binary, PROTEIN_ALPHABET)
     with pytest.raises(InputError, match="cannot read"):
         read_fasta(tmp_path / "missing.fasta", PROTEIN_ALPHABET)
+
+
+def test_empty_and_blank_files_hold_zero_sequences(tmp_path):
+    for content in ["", "\n\n  \n"]:
+        path = tmp_path / "empty.fasta"
+        path.write_text(content)
+        records = read_fasta(path, PROTEIN_ALPHABET)
+        assert records.ids == [] and records.sequences == []
+        assert fasta_stats(path).sequences == 0
+
+
+def test_duplicate_ids_are_kept_in_order(tmp_path):
+    path = tmp_path / "dup.fasta"
+    path.write_text(">a\nMK\n>a\nMKV\n")
+    assert read_fasta(path, PROTEIN_ALPHABET).ids == ["a", "a"]

@@ -1,6 +1,6 @@
+import csv
 import json
-
-import pandas as pd
+from collections import Counter
 
 from seqembed.plan import make_plan, planned_device, write_plan
 from seqembed.summary import failed_lines, render_table, summarize
@@ -8,17 +8,20 @@ from seqembed.summary import failed_lines, render_table, summarize
 
 def test_plan_lists_every_file_with_its_figures_and_a_device(fasta_set, tmp_path):
     files = {name: str(path) for name, path in fasta_set.items()}
-    table, overview = make_plan(files, ["cuda:0", "cuda:3"])
-    write_plan(table, overview, tmp_path / "plan.tsv", tmp_path / "plan.json")
+    rows, overview = make_plan(files, ["cuda:0", "cuda:3"])
+    write_plan(rows, overview, tmp_path / "plan.tsv", tmp_path / "plan.json")
 
-    read = pd.read_csv(tmp_path / "plan.tsv", sep="\t").set_index("name")
-    assert sorted(read.index) == sorted(files)
-    assert set(read["device"]) == {"cuda:0", "cuda:3"}
-    loads = read.groupby("device")["residues"].sum().to_dict()
-    assert loads == json.loads((tmp_path / "plan.json").read_text())["planned_load"]
+    with open(tmp_path / "plan.tsv", newline="") as handle:
+        read = {row["name"]: row for row in csv.DictReader(handle, delimiter="\t")}
+    assert sorted(read) == sorted(files)
+    assert {row["device"] for row in read.values()} == {"cuda:0", "cuda:3"}
+    loads = Counter()
+    for row in read.values():
+        loads[row["device"]] += int(row["residues"])
+    assert dict(loads) == json.loads((tmp_path / "plan.json").read_text())["planned_load"]
     assert overview["makespan"] == max(loads.values()) >= overview["lower_bound"]
     for name in files:
-        assert planned_device(tmp_path / "plan.tsv", name) == read.loc[name, "device"]
+        assert planned_device(tmp_path / "plan.tsv", name) == read[name]["device"]
     assert planned_device(tmp_path / "plan.tsv", "unknown") is None
     assert planned_device(tmp_path / "missing.tsv", "alpha") is None
 

@@ -3,7 +3,6 @@ import os
 from seqembed.devices import gpu_pool
 
 ENV = "../../envs/seqembed.yaml"
-LOCK_DIR = f"{OUT}/.seqembed/locks"
 
 
 wildcard_constraints:
@@ -23,3 +22,7 @@ def input_size(wildcards):
     """Embed priority: the largest files start first (longest-processing-time order); the
     size in bytes stands in for the residues, known without reading the file."""
     return os.path.getsize(FILES[wildcards.name])
+
+
+# the plan first, then the files largest first
+PLAN_PRIORITY = max(map(os.path.getsize, FILES.values()), default=0) + 1

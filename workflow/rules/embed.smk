@@ -2,10 +2,14 @@ rule embed:
     input:
         fasta=lambda wildcards: FILES[wildcards.name],
     output:
-        embeddings=f"{OUT}/embeddings/{{name}}.pt",
+        embeddings=LAYOUT.embedding("{name}"),
+    # the per-file record: kept by Snakemake when the job fails, so failures are reported
     log:
-        record=f"{OUT}/records/{{name}}.json",
+        record=LAYOUT.record("{name}"),
     priority: input_size
+    # a crashed job (killed, segfault, lost node) gets another device; failures that would
+    # repeat (bad input, OOM on one sequence) are repeated by the retry without recomputing
+    retries: 2
     conda:
         ENV
     threads: embed_threads()
@@ -20,7 +24,5 @@ rule embed:
         truncation=config["truncation"],
         precision=config["precision"],
         output_layout=config["output_layout"],
-        plan=f"{OUT}/plan.tsv",
-        lock_dir=LOCK_DIR,
     script:
         "../../scripts/embed.py"

@@ -2,12 +2,12 @@ rule plan:
     input:
         list(FILES.values()),
     output:
-        tsv=f"{OUT}/plan.tsv",
-        overview=f"{OUT}/plan.json",
+        tsv=LAYOUT.plan_tsv,
+        overview=LAYOUT.plan_json,
     log:
-        f"{OUT}/logs/plan.log",
+        f"{LAYOUT.output_dir}/logs/plan.log",
     # before any embed job: they read the plan at run time to find their preferred device
-    priority: max(map(os.path.getsize, FILES.values()), default=0) + 1
+    priority: PLAN_PRIORITY
     conda:
         ENV
     params:

@@ -1,16 +1,15 @@
 rule summary:
     input:
-        embeddings=expand(f"{OUT}/embeddings/{{name}}.pt", name=FILES),
-        plan=rules.plan.output.overview,
+        embeddings=[LAYOUT.embedding(name) for name in FILES],
+        plan=LAYOUT.plan_json,
     output:
-        summary=f"{OUT}/summary.json",
-        failed=f"{OUT}/failed_files.txt",
+        summary=LAYOUT.summary,
+        failed=LAYOUT.failed,
     log:
-        f"{OUT}/logs/summary.log",
+        f"{LAYOUT.output_dir}/logs/summary.log",
     conda:
         ENV
     params:
         names=list(FILES),
-        records=f"{OUT}/records",
     script:
         "../../scripts/summary.py"

@@ -1,0 +1,43 @@
+"""Fault injection for tests, so the real recovery code runs on a machine without a GPU.
+
+Switched on only by the environment variable SEQEMBED_TEST_FAULTS (JSON), which nothing but
+the test suite sets; Snakemake passes the environment on to its local jobs. Keys:
+
+- "oom_above_tokens": N - a batch of more than N padded tokens raises torch.OutOfMemoryError
+  exactly where a CUDA allocation would, before the forward pass;
+- "pause_before_rename": {"name": NAME, "attempt": K} - the job for NAME, on attempt K,
+  writes its temporary output and then sleeps, so a test can kill it mid-write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+VARIABLE = "SEQEMBED_TEST_FAULTS"
+
+
+def _faults() -> dict:
+    text = os.environ.get(VARIABLE)
+    return json.loads(text) if text else {}
+
+
+def oom_limit() -> int | None:
+    return _faults().get("oom_above_tokens")
+
+
+def maybe_raise_oom(computed_tokens: int) -> None:
+    limit = oom_limit()
+    if limit is not None and computed_tokens > limit:
+        import torch
+
+        raise torch.OutOfMemoryError(
+            f"injected by {VARIABLE}: {computed_tokens} tokens > {limit} (CUDA out of memory)"
+        )
+
+
+def maybe_pause_before_rename(name: str, attempt: int) -> None:
+    pause = _faults().get("pause_before_rename")
+    if pause and pause.get("name") == name and pause.get("attempt", 1) == attempt:
+        time.sleep(3600)

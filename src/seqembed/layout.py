@@ -1,0 +1,49 @@
+"""Where a run keeps its files under output_dir: one place, used by the rules and the package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    output_dir: str
+
+    def _path(self, *parts: str) -> str:
+        return str(Path(self.output_dir, *parts))
+
+    @property
+    def plan_tsv(self) -> str:
+        return self._path("plan.tsv")
+
+    @property
+    def plan_json(self) -> str:
+        return self._path("plan.json")
+
+    @property
+    def records(self) -> str:
+        return self._path("records")
+
+    @property
+    def summary(self) -> str:
+        return self._path("summary.json")
+
+    @property
+    def failed(self) -> str:
+        return self._path("failed_files.txt")
+
+    @property
+    def locks(self) -> str:
+        return self._path(".seqembed", "locks")
+
+    @property
+    def state(self) -> str:
+        """Shared by the jobs of one run; cleared when a run starts."""
+        return self._path(".seqembed", "run")
+
+    def embedding(self, name: str) -> str:
+        return self._path("embeddings", f"{name}.pt")
+
+    def record(self, name: str) -> str:
+        return self._path("records", f"{name}.json")
