@@ -88,6 +88,17 @@ def _read_record(path: str) -> dict | None:
         return None
 
 
+def _last_attempt_path(job: EmbedJob) -> Path:
+    # Snakemake deletes a job's log (the record) before each attempt, so the retry learns
+    # what happened to the attempt before it from this copy
+    return Path(job.state_dir) / "attempts" / f"{job.name}.json"
+
+
+def _write_record(job: EmbedJob, record: dict) -> None:
+    write_json(job.record, record)
+    write_json(_last_attempt_path(job), record)
+
+
 def _remove_stale_temporaries(output: str) -> None:
     # a job killed mid-write leaves its hidden temporary behind (never the final name)
     target = Path(output)
@@ -133,7 +144,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
     with claim:
         # until this is replaced, a crash of this process leaves "running" behind: the retry
         # reads it to avoid the device, the summary to name the crash
-        write_json(job.record, {**base, "status": "running"})
+        _write_record(job, {**base, "status": "running"})
         os.environ.update(cuda_env_for(label))
         torch_device = torch_device_for(label)
         import torch
@@ -197,7 +208,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
         "compute_seconds": compute_seconds,
         "wall_seconds": finished - started,
     }
-    write_json(job.record, record)
+    _write_record(job, record)
     say(
         config,
         "normal",
@@ -222,29 +233,24 @@ def run_or_record_failure(job: EmbedJob) -> dict:
     """Run the job with the failure semantics of a run: every failure leaves a record (the
     rule's log, which Snakemake keeps) and one line naming the file, and exits non-zero so
     Snakemake retries or gives up on this file while the others go on."""
-    previous = _read_record(job.record)
+    previous = _read_record(_last_attempt_path(job))
     retry_of = previous if previous and previous.get("attempt", 0) < job.attempt else None
     history = list((retry_of or {}).get("previous_attempts", []))
     avoid: list[str] = []
     try:
-        reason = runstate.abort_reason(job.state_dir)
-        if reason:
-            raise Aborted(reason)
         if retry_of and retry_of["status"] == "running":
             # the previous attempt of this run died without a word: killed, segfault, node
             crash = f"attempt {retry_of['attempt']} ended without a result on {retry_of['device']}"
-            history.append(
-                {
-                    "attempt": retry_of["attempt"],
-                    "device": retry_of["device"],
-                    "error_type": "Crash",
-                    "error_message": crash,
-                }
-            )
+            history.append(_attempt(retry_of, "Crash", crash))
             avoid = [retry_of["device"]] if retry_of.get("device") else []
             runstate.record_outcome(job.state_dir, job.name, job.fasta, "Crash", crash)
-        if retry_of and retry_of.get("error_type") in DETERMINISTIC:
-            _fail(job, history, retry_of["error_type"], retry_of["error_message"])
+        elif retry_of and retry_of["status"] == "failed":
+            if retry_of["error_type"] in DETERMINISTIC:
+                _fail(job, history, retry_of["error_type"], retry_of["error_message"])
+            history.append(_attempt(retry_of, retry_of["error_type"], retry_of["error_message"]))
+        reason = runstate.abort_reason(job.state_dir)
+        if reason:
+            raise Aborted(reason)
         record = run_embed_job(job, avoid=avoid)
     except SystemExit:
         raise
@@ -255,14 +261,23 @@ def run_or_record_failure(job: EmbedJob) -> dict:
         _fail(job, history, error_type, message)
     if history:
         record["previous_attempts"] = history
-        write_json(job.record, record)
+        _write_record(job, record)
     runstate.record_outcome(job.state_dir, job.name, job.fasta, None)
     return record
 
 
+def _attempt(record: dict, error_type: str, message: str) -> dict:
+    return {
+        "attempt": record["attempt"],
+        "device": record.get("device"),
+        "error_type": error_type,
+        "error_message": message,
+    }
+
+
 def _fail(job: EmbedJob, history: list[dict], error_type: str, message: str):
-    write_json(
-        job.record,
+    _write_record(
+        job,
         {
             "status": "failed",
             "name": job.name,

@@ -9,14 +9,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import REPO, make_fasta_set
+from conftest import REPO
+from helpers import NAMES, jobs_to_run, make_workdir, mtimes, snakemake
 from reference import reference_embeddings
 
 from seqembed.backends.esm import PROTEIN_ALPHABET
@@ -25,44 +23,11 @@ from seqembed.summary import read_records, summarize
 
 pytestmark = pytest.mark.workflow
 
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-NAMES = ["alpha", "beta", "delta", "gamma"]
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run the workflow as a user does, from their own folder with their own config file."""
-    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml"]
-    command += ["--cores", "2", "--resources", "gpu=2", *args]
-    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600)
-
-
-def jobs_to_run(workdir: Path, *args: str) -> dict[str, list[str]]:
-    """rule -> wildcard names of the jobs a dry run would run."""
-    result = snakemake(workdir, "--dry-run", *args)
-    assert result.returncode == 0, result.stderr + result.stdout
-    jobs: dict[str, list[str]] = {}
-    rule = None
-    for line in (result.stdout + result.stderr).splitlines():
-        if match := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
-            rule = match.group(1)
-            jobs.setdefault(rule, [])
-        elif (match := re.match(r"^wildcards: name=(\S+)$", line.strip())) and rule:
-            jobs[rule].append(match.group(1))
-    return {rule: sorted(names) for rule, names in jobs.items()}
-
-
-def mtimes(workdir: Path) -> dict[str, int]:
-    folder = workdir / "results" / "embeddings"
-    return {path.stem: path.stat().st_mtime_ns for path in folder.glob("*.pt")}
-
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model):
     """One complete run; tests that change things work on a copy of it."""
-    workdir = tmp_path_factory.mktemp("run")
-    make_fasta_set(workdir / "fasta")
-    config = {"input_dir": "fasta", "model": str(tiny_model), "device": "cpu", "cpu_slots": 2}
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    workdir = make_workdir(tmp_path_factory.mktemp("run"), tiny_model)
     result = snakemake(workdir)
     return workdir, result
 

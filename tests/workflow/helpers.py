@@ -1,0 +1,100 @@
+"""Running the workflow as a user does: a real `snakemake` process, in the user's own folder,
+with the user's own config file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import REPO, make_fasta_set
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+NAMES = ["alpha", "beta", "delta", "gamma"]
+
+
+def command(*args: str, slots: int = 2) -> list[str]:
+    base = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml"]
+    return base + ["--cores", "2", "--resources", f"gpu={slots}", *args]
+
+
+def environment(faults: dict | None = None) -> dict[str, str]:
+    environ = dict(os.environ)
+    environ.pop("SEQEMBED_TEST_FAULTS", None)
+    if faults:
+        environ["SEQEMBED_TEST_FAULTS"] = json.dumps(faults)
+    return environ
+
+
+def snakemake(
+    workdir: Path, *args: str, faults: dict | None = None, slots: int = 2
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command(*args, slots=slots),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=environment(faults),
+    )
+
+
+def make_workdir(workdir: Path, model: Path, **config) -> Path:
+    make_fasta_set(workdir / "fasta")
+    settings = {"input_dir": "fasta", "model": str(model), "device": "cpu", "cpu_slots": 2}
+    (workdir / "config.yaml").write_text(yaml.safe_dump({**settings, **config}))
+    return workdir
+
+
+def jobs_to_run(workdir: Path, *args: str) -> dict[str, list[str]]:
+    """rule -> wildcard names of the jobs a dry run would run."""
+    result = snakemake(workdir, "--dry-run", *args)
+    assert result.returncode == 0, result.stderr + result.stdout
+    jobs: dict[str, list[str]] = {}
+    rule = None
+    for line in (result.stdout + result.stderr).splitlines():
+        if match := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
+            rule = match.group(1)
+            jobs.setdefault(rule, [])
+        elif (match := re.match(r"^wildcards: name=(\S+)$", line.strip())) and rule:
+            jobs[rule].append(match.group(1))
+    return {rule: sorted(names) for rule, names in jobs.items()}
+
+
+def mtimes(workdir: Path) -> dict[str, int]:
+    folder = workdir / "results" / "embeddings"
+    return {path.stem: path.stat().st_mtime_ns for path in folder.glob("*.pt")}
+
+
+def failed_lines(workdir: Path) -> list[str]:
+    return (workdir / "results" / "failed_files.txt").read_text().splitlines()
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
+    return (result.stdout + result.stderr).strip().splitlines()[-1]
+
+
+def assert_embeddings_correct(workdir: Path, model: Path, names: list[str]) -> None:
+    """Each output equals fair-esm's unbatched forward pass on its input file."""
+    import torch
+    from reference import reference_embeddings
+
+    from seqembed.backends.esm import PROTEIN_ALPHABET
+    from seqembed.fasta import read_fasta
+
+    for name in names:
+        records = read_fasta(workdir / "fasta" / f"{name}.fasta", PROTEIN_ALPHABET)
+        embedded = torch.load(workdir / "results" / "embeddings" / f"{name}.pt")
+        assert embedded["ids"] == records.ids, name
+        (layer,) = embedded["mean_representations"]
+        expected = reference_embeddings(model, records.sequences, [layer], 1022)[layer]
+        difference = (embedded["mean_representations"][layer] - expected).abs().max().item()
+        assert difference <= 1e-5, (name, difference)
+
+
+def record(workdir: Path, name: str) -> dict:
+    return json.loads((workdir / "results" / "records" / f"{name}.json").read_text())
