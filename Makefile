@@ -14,13 +14,14 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-demo/model: | $(INSTALLED)
+demo/model demo/fasta &: | $(INSTALLED)
 	$(BIN)/python -m seqembed.demo demo
 
-demo: $(INSTALLED) demo/model
+demo: $(INSTALLED) demo/model demo/fasta
 	$(BIN)/snakemake --configfile config/demo.yaml --cores all --resources gpu=$(DEMO_SLOTS)
 
-test: $(INSTALLED)
+# the demo data gives `snakemake --lint` a workflow with inputs to read
+test: $(INSTALLED) demo/model demo/fasta
 	$(BIN)/ruff check src scripts tests
 	$(BIN)/ruff format --check src scripts tests
 	$(BIN)/snakefmt --check Snakefile workflow

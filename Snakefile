@@ -59,7 +59,7 @@ onstart:
     failure = preflight_in_subprocess(dict(config))
     if failure:
         sys.exit(f"seqembed: pre-flight failed: {failure}")
-    # a fresh run: earlier failures no longer count towards an abort
+    # a fresh run: earlier failures no longer count towards an abort, speed is measured anew
     runstate.reset(LAYOUT.state)
 
 

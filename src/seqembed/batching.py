@@ -15,8 +15,9 @@ from dataclasses import dataclass
 #: faster than fair-esm's default of 4,096 (benchmarks/ has the figures).
 CPU_TOKS_PER_BATCH = 1024
 #: share of the free device memory (after the model is loaded) that batches may use: the rest
-#: absorbs the allocator's fragmentation and the output copies.
-USABLE_MEMORY_SHARE = 0.7
+#: absorbs the allocator's fragmentation, the output copies and the model's error; an
+#: underestimate costs one out-of-memory back-off, not the file.
+USABLE_MEMORY_SHARE = 0.6
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,10 @@ class MemoryModel:
     """Peak activation bytes of one inference forward pass, per sequence of T tokens.
 
     Live at the peak of one transformer layer: the residual stream, q/k/v, the attention output
-    and the 4x feed-forward expansion (about 10 x T x dim), two T x T score tensors per head
-    (scores and softmax), the requested representations kept until the end, and the logits.
+    and the 4x feed-forward expansion with its activation temporaries (about 16 x T x dim),
+    per head the T x T scores in the model's precision, fair-esm's softmax in fp32 and its
+    cast back (3 x bytes + 4 per entry), the requested representations kept until the end, and
+    the logits.
     """
 
     embed_dim: int
@@ -45,9 +48,9 @@ class MemoryModel:
     vocabulary: int = 33
 
     def bytes_per_sequence(self, tokens: int) -> int:
-        linear = tokens * (self.embed_dim * (10 + self.kept_layers) + self.vocabulary)
-        attention = 2 * self.attention_heads * tokens * tokens
-        return (linear + attention) * self.bytes_per_value
+        linear = tokens * (self.embed_dim * (16 + self.kept_layers) + self.vocabulary)
+        attention = self.attention_heads * tokens * tokens * (3 * self.bytes_per_value + 4)
+        return linear * self.bytes_per_value + attention
 
 
 def memory_budget(free_bytes: int, memory: MemoryModel) -> Callable[[int], int]:

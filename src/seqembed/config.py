@@ -86,16 +86,26 @@ def check_writable(output_dir: str) -> None:
 
 
 def input_files(config: dict) -> dict[str, str]:
-    """Output name (the file's stem) -> input path, sorted by name. Two inputs with one stem
-    would write one output file, so that is an error naming both."""
+    """Output name (the file's stem) -> input path, sorted by name. No input at all, a listed
+    file that does not exist, a name Snakemake would read as a wildcard, and two inputs with
+    one stem (one output file) are errors naming the files."""
     if config["input_files"]:
         paths = list(config["input_files"])
+        missing = [path for path in paths if not os.path.isfile(path)]
+        if missing:
+            raise ConfigError(f"config key 'input_files': not found: {', '.join(missing)}")
     else:
-        pattern = os.path.join(config["input_dir"], config["input_glob"])
+        pattern = os.path.join(glob.escape(config["input_dir"]), config["input_glob"])
         paths = sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
+        if not paths:
+            raise ConfigError(
+                f"config keys 'input_dir'/'input_glob': no input files match {pattern}"
+            )
     files: dict[str, str] = {}
     for path in paths:
         name = Path(path).stem
+        if "{" in path or "}" in path:
+            raise ConfigError(f"input '{path}': braces are reserved by Snakemake: rename it")
         if name in files and files[name] != path:
             raise ConfigError(
                 f"inputs '{files[name]}' and '{path}' would both write embeddings/{name}.pt: "

@@ -142,6 +142,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
         "started": started,
     }
     with claim:
+        base["claimed"] = time.time()
         # until this is replaced, a crash of this process leaves "running" behind: the retry
         # reads it to avoid the device, the summary to name the crash
         _write_record(job, {**base, "status": "running"})

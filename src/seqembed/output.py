@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: mkstemp creates files readable by their owner only; results are for the whole group
+FILE_MODE = 0o666 & ~_umask()
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Write to a hidden temporary file in the same folder, flush it to disk, then rename: the
     rename is atomic on POSIX, so readers (and a rerun after a crash) see the whole file or
@@ -17,6 +27,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(handle, FILE_MODE)
     try:
         with os.fdopen(handle, "wb") as stream:
             write(stream)

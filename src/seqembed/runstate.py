@@ -22,11 +22,21 @@ from seqembed.output import write_json
 ABORT_AFTER = 3
 OUTCOMES = "outcomes.jsonl"
 ABORT = "abort.json"
+STARTED = "started.json"
 
 
 def reset(state_dir: str | Path) -> None:
+    """A new run: forget the last one's outcomes, note when this one started (throughput
+    figures cover the files computed since)."""
     shutil.rmtree(state_dir, ignore_errors=True)
-    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(state_dir) / STARTED, {"started": time.time()})
+
+
+def run_started(state_dir: str | Path) -> float | None:
+    try:
+        return json.loads((Path(state_dir) / STARTED).read_text())["started"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def abort_reason(state_dir: str | Path) -> str | None:

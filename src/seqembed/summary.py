@@ -49,32 +49,35 @@ def summarize(
     records: Mapping[str, dict | None],
     planned_load: Mapping[str, int] | None = None,
     aborted: str | None = None,
-):
-    """Totals, rates and per-device figures. Wall time spans the first start to the last finish
-    among the summarized records; per-device rates use that device's busy time (its jobs' wall
-    seconds), so they show what a device does while it works."""
+    since: float | None = None,
+) -> dict:
+    """File counts and failures cover every input; speed figures only the files computed in
+    this run (started at `since`), so a rerun of one file reports that file's speed, not the
+    hours between two runs. Wall time spans the first start to the last finish of those;
+    per-device rates use the device's busy time (claim to release), excluding waits for a
+    free device."""
     done = [r for r in records.values() if r and r["status"] == "done"]
     failed = [_as_failure(r) for r in records.values() if r and r["status"] != "done"]
     missing = sorted(name for name, r in records.items() if r is None)
-    sequences = sum(r["sequences"] for r in done)
-    residues = sum(r["residues"] for r in done)
-    busy = sum(r["wall_seconds"] for r in done)
-    load = sum(r["model_load_seconds"] for r in done)
-    computed = sum(r["computed_tokens"] for r in done)
-    wall = max((r["finished"] for r in done), default=0) - min(
-        (r["started"] for r in done), default=0
+    computed = [r for r in done if since is None or r["started"] >= since]
+    ran = [r for r in computed if r["device"] is not None]  # an empty file ran nowhere
+    sequences = sum(r["sequences"] for r in computed)
+    residues = sum(r["residues"] for r in computed)
+    busy = sum(r["finished"] - r["claimed"] for r in ran)
+    load = sum(r["model_load_seconds"] for r in ran)
+    tokens = sum(r["computed_tokens"] for r in computed)
+    wall = max((r["finished"] for r in computed), default=0) - min(
+        (r["started"] for r in computed), default=0
     )
     devices: dict[str, dict] = defaultdict(
         lambda: {"files": 0, "sequences": 0, "residues": 0, "busy_seconds": 0.0}
     )
-    for record in done:
-        if record["device"] is None:  # an empty file: nothing ran anywhere
-            continue
+    for record in ran:
         device = devices[record["device"]]
         device["files"] += 1
         device["sequences"] += record["sequences"]
         device["residues"] += record["residues"]
-        device["busy_seconds"] += record["wall_seconds"]
+        device["busy_seconds"] += record["finished"] - record["claimed"]
     for name, device in devices.items():
         device.update(_rates(device["sequences"], device["residues"], device["busy_seconds"]))
         device["planned_residues"] = (planned_load or {}).get(name)
@@ -85,17 +88,18 @@ def summarize(
             "done": len(done),
             "failed": len(failed),
             "missing": len(missing),
+            "computed_this_run": len(computed),
         },
         "missing": missing,
         "sequences": sequences,
         "residues": residues,
-        "truncated_sequences": sum(r["truncated_sequences"] for r in done),
+        "truncated_sequences": sum(r["truncated_sequences"] for r in computed),
         "wall_seconds": wall,
         **_rates(sequences, residues, wall),
         "busy_seconds": busy,
         "model_load_seconds": load,
         "model_load_share": load / busy if busy > 0 else None,
-        "padding_efficiency": sum(r["real_tokens"] for r in done) / computed if computed else None,
+        "padding_efficiency": sum(r["real_tokens"] for r in computed) / tokens if tokens else None,
         "devices": dict(sorted(devices.items())),
         "failures": [
             {"file": r["file"], "error_type": r["error_type"], "error_message": r["error_message"]}
@@ -128,14 +132,19 @@ def render_table(summary: dict) -> str:
     files = summary["files"]
     lines = [
         f"seqembed: {files['done']}/{files['total']} files done, {files['failed']} failed, "
-        f"{files['missing']} missing; wall {_number(summary['wall_seconds'])} s",
+        f"{files['missing']} missing; this run computed {files['computed_this_run']} in "
+        f"{_number(summary['wall_seconds'])} s",
         f"{'device':<12}{'files':>7}{'sequences':>12}{'residues':>14}{'seq/s':>11}"
-        f"{'res/s':>13}{'busy s':>10}",
+        f"{'res/s':>13}{'time s':>10}",
     ]
     rows = [(name, d) for name, d in summary["devices"].items()]
-    rows.append(
-        ("total", {**summary, "files": files["done"], "busy_seconds": summary["wall_seconds"]})
-    )
+    # the total row's time is the run's wall time, as its rates are
+    total = {
+        **summary,
+        "files": files["computed_this_run"],
+        "busy_seconds": summary["wall_seconds"],
+    }
+    rows.append(("total", total))
     for name, d in rows:
         lines.append(
             f"{name:<12}{d['files']:>7}{d['sequences']:>12,}{d['residues']:>14,}"
@@ -160,7 +169,8 @@ def report_run(layout: RunLayout, names: list[str], *, aborted: str | None = Non
         planned = json.loads(Path(layout.plan_json).read_text())["planned_load"]
     except (OSError, ValueError, KeyError):
         planned = None
-    summary = summarize(read_records(layout.records, names), planned, aborted)
+    since = runstate.run_started(layout.state)
+    summary = summarize(read_records(layout.records, names), planned, aborted, since)
     write_summary(summary, layout.summary, layout.failed)
     print(render_table(summary), flush=True)
     return summary

@@ -76,3 +76,35 @@ def test_the_snakemake_process_side_never_imports_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setup", "config", "message"),
+    [
+        (lambda d: None, {}, "no input files match"),
+        (lambda d: None, {"input_files": ["nowhere.fasta"]}, "not found: nowhere.fasta"),
+        (lambda d: (d / "a{b}.fasta").write_text(">x\nM\n"), {}, "braces are reserved"),
+    ],
+)
+def test_input_problems_are_one_line_errors(tmp_path, setup, config, message):
+    setup(tmp_path)
+    checked = validate_config({"input_dir": str(tmp_path), **config}, SCHEMA)
+    with pytest.raises(ConfigError, match=message):
+        input_files(checked)
+
+
+def test_input_dir_with_glob_characters_is_taken_literally(tmp_path):
+    folder = tmp_path / "run[1]"
+    folder.mkdir()
+    (folder / "a.fasta").write_text(">x\nM\n")
+    config = validate_config({"input_dir": str(folder)}, SCHEMA)
+    assert list(input_files(config)) == ["a"]
+
+
+def test_output_dir_that_cannot_be_written(tmp_path):
+    from seqembed.config import check_writable
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="cannot be written: Not a directory"):
+        check_writable(str(blocker / "results"))

@@ -38,6 +38,7 @@ def record(name, device, sequences, started, finished, **extra):
         "computed_tokens": sequences * 110,
         "truncated_sequences": 1,
         "started": started,
+        "claimed": started + 0.5,
         "finished": finished,
         "wall_seconds": finished - started,
         "model_load_seconds": 1.0,
@@ -59,15 +60,22 @@ def test_summary_totals_rates_devices_and_failures():
         "e": None,
     }
     summary = summarize(records, {"cuda:0": 10_000, "cuda:1": 8_000})
-    assert summary["files"] == {"total": 5, "done": 3, "failed": 1, "missing": 1}
+    assert summary["files"] == {
+        "total": 5,
+        "done": 3,
+        "failed": 1,
+        "missing": 1,
+        "computed_this_run": 3,
+    }
     assert summary["missing"] == ["e"]
     assert summary["sequences"] == 180 and summary["residues"] == 18_000
     assert summary["wall_seconds"] == 10.0
     assert summary["sequences_per_s"] == 18.0
-    assert summary["model_load_share"] == 3.0 / 17.0
+    assert summary["busy_seconds"] == 17.0 - 3 * 0.5  # waiting for a device is not busy
+    assert summary["model_load_share"] == 3.0 / 15.5
     assert summary["padding_efficiency"] == 102 / 110
-    assert summary["devices"]["cuda:1"]["busy_seconds"] == 7.0
-    assert summary["devices"]["cuda:1"]["sequences_per_s"] == 80 / 7.0
+    assert summary["devices"]["cuda:1"]["busy_seconds"] == 6.0
+    assert summary["devices"]["cuda:1"]["sequences_per_s"] == 80 / 6.0
     assert summary["devices"]["cuda:0"]["planned_residues"] == 10_000
     assert failed_lines(summary) == ["in/d.fasta|InputError|in/d.fasta: line 3: bad / char"]
     table = render_table(summary)
@@ -79,3 +87,15 @@ def test_summary_of_nothing_done_has_no_rates():
     summary = summarize({"a": None})
     assert summary["sequences_per_s"] is None and summary["padding_efficiency"] is None
     assert "0/1 files done" in render_table(summary)
+
+
+def test_speed_covers_only_files_computed_in_this_run():
+    records = {
+        "old": record("old", "cuda:0", 1000, 0.0, 100.0),
+        "new": record("new", "cuda:0", 50, 5000.0, 5010.0),
+    }
+    summary = summarize(records, since=4000.0)
+    assert summary["files"]["done"] == 2 and summary["files"]["computed_this_run"] == 1
+    assert summary["wall_seconds"] == 10.0
+    assert summary["sequences_per_s"] == 5.0
+    assert summary["devices"]["cuda:0"]["files"] == 1

@@ -49,7 +49,7 @@ def test_malformed_file_fails_alone_and_a_rerun_after_the_fix_redoes_only_it(wor
     assert "seqembed: 1 of 5 files failed: see results/failed_files.txt" in result.stdout
     assert_embeddings_correct(workdir, tiny_model, NAMES)
     summary = json.loads((workdir / "results" / "summary.json").read_text())
-    assert summary["files"] == {"total": 5, "done": 4, "failed": 1, "missing": 0}
+    assert summary["files"]["done"] == 4 and summary["files"]["failed"] == 1
     assert summary["failures"][0]["error_type"] == "InputError"
 
     broken.write_text(">a\nMKV\n>b\nMKSV\n")

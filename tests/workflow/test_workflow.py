@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
 
 import pytest
 import torch
-import yaml
-from conftest import REPO
 from helpers import NAMES, jobs_to_run, make_workdir, mtimes, snakemake
 from reference import reference_embeddings
 
@@ -68,14 +65,24 @@ def test_run_writes_correct_embeddings_plan_and_summary(finished_run, tiny_model
     assert all(record["status"] == "done" for record in records.values())
     assert {record["device"] for record in records.values()} <= {"cpu:0", "cpu:1"}
     summary = json.loads((out / "summary.json").read_text())
-    recomputed = summarize(records, json.loads((out / "plan.json").read_text())["planned_load"])
+    planned = json.loads((out / "plan.json").read_text())["planned_load"]
+    since = json.loads((out / ".seqembed" / "run" / "started.json").read_text())["started"]
+    recomputed = summarize(records, planned, None, since)
     assert summary == json.loads(json.dumps(recomputed))
-    assert summary["files"] == {"total": 4, "done": 4, "failed": 0, "missing": 0}
+    assert summary["files"] == {
+        "total": 4,
+        "done": 4,
+        "failed": 0,
+        "missing": 0,
+        "computed_this_run": 4,
+    }
     assert summary["sequences"] == sum(r["sequences"] for r in records.values())
     assert sum(d["sequences"] for d in summary["devices"].values()) == summary["sequences"]
     assert summary["truncated_sequences"] == 2  # the two long sequences in delta
     assert (out / "failed_files.txt").read_text() == ""
     assert "4/4 files done" in result.stdout + result.stderr
+    # plain snakemake picks up the workflow profile (keep-going and friends)
+    assert "Using workflow specific profile" in result.stdout + result.stderr
     # the largest file starts first: its job is the first embed job in the log
     first_embed = re.search(r"rule embed:\n(?:.*\n){0,6}?\s+wildcards: name=(\w+)", result.stderr)
     assert first_embed and first_embed.group(1) == "alpha"
@@ -115,7 +122,9 @@ def test_adding_an_input_file_runs_only_that_file(run_copy):
 
 
 @pytest.mark.parametrize(
-    "setting", ["toks_per_batch=333", "verbosity=verbose", "gpus=[0,1]", "cpu_slots=1"]
+    "setting",
+    # precision fp32 is what auto means on the CPU
+    ["toks_per_batch=333", "verbosity=verbose", "gpus=[0,1]", "cpu_slots=1", "precision=fp32"],
 )
 def test_settings_that_cannot_change_numbers_rerun_nothing(run_copy, setting):
     assert "embed" not in jobs_to_run(run_copy, "--config", setting)
@@ -142,10 +151,3 @@ def test_bad_config_value_stops_with_one_line_naming_the_key(run_copy):
     last_line = (result.stdout + result.stderr).strip().splitlines()[-1]
     assert last_line == "seqembed: config key 'device': 'gpu' is not one of ['auto', 'cpu', 'cuda']"
     assert not (run_copy / "results").exists()
-
-
-def test_plain_snakemake_in_the_repository_uses_the_workflow_profile():
-    # keep-going must hold for plain `snakemake`: a bad file may not stop the others
-    profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
-    assert profile["keep-going"] is True
-    assert os.path.exists(REPO / "config" / "config.yaml")

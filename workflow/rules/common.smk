@@ -1,21 +1,24 @@
 import os
 
+from seqembed.backends import resolve_precision
 from seqembed.devices import gpu_pool
 
 ENV = "../../envs/seqembed.yaml"
 
+# decided the way the jobs decide it (device auto: GPUs when any are visible)
+ON_GPU = config["device"] == "cuda" or (
+    config["device"] == "auto" and bool(gpu_pool(config["gpus"]))
+)
+# what precision auto means here: the numbers differ between fp16 and fp32, so the resolved
+# value is what makes an embedding stale, not the word "auto"
+PRECISION = resolve_precision(config["precision"], "cuda" if ON_GPU else "cpu")
+# one thread per GPU job (the GPU does the work); on the CPU the cores are shared out among
+# cpu_slots concurrent jobs
+EMBED_THREADS = 1 if ON_GPU else max(1, (workflow.cores or 1) // config["cpu_slots"])
+
 
 wildcard_constraints:
     name=r"[^/]+",
-
-
-def embed_threads():
-    """One thread per GPU job (the GPU does the work); on the CPU the cores are shared out
-    among cpu_slots concurrent jobs."""
-    on_gpu = config["device"] == "cuda" or (
-        config["device"] == "auto" and gpu_pool(config["gpus"])
-    )
-    return 1 if on_gpu else max(1, (workflow.cores or 1) // config["cpu_slots"])
 
 
 def input_size(wildcards):

@@ -12,7 +12,7 @@ rule embed:
     retries: 2
     conda:
         ENV
-    threads: embed_threads()
+    threads: EMBED_THREADS
     resources:
         gpu=1,
         attempt=lambda wildcards, attempt: attempt,
@@ -22,7 +22,7 @@ rule embed:
         model=config["model"],
         layers=config["layers"],
         truncation=config["truncation"],
-        precision=config["precision"],
+        precision=PRECISION,
         output_layout=config["output_layout"],
     script:
         "../../scripts/embed.py"

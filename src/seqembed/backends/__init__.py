@@ -31,6 +31,14 @@ class Backend(Protocol):
         ...
 
 
+def resolve_precision(precision: str, device: str) -> str:
+    """auto: fp16 on a GPU (how ESM-2 is usually served, half the memory), fp32 on the CPU,
+    where half precision is slow and buys nothing. An explicit choice is honoured."""
+    if precision == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    return precision
+
+
 def backend_class(model: str) -> type:
     """Which backend serves `model`; only ESM-2 today, DNABERT-S is next."""
     from seqembed.backends.esm import EsmBackend

@@ -8,21 +8,13 @@ from pathlib import Path
 import esm
 import torch
 
-from seqembed.backends import ModelError
+from seqembed.backends import ModelError, resolve_precision
 
 # fair-esm's ESM-1b/ESM-2 alphabet without the gap symbols '.' and '-': an aligned FASTA is
 # not what these models were trained on, so it is reported instead of silently embedded.
 PROTEIN_ALPHABET = frozenset("ACDEFGHIKLMNPQRSTVWYXBUZO")
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """auto: fp16 on a GPU (how ESM-2 is usually served, half the memory), fp32 on the CPU,
-    where half precision is slow and buys nothing. An explicit choice is honoured."""
-    if precision == "auto":
-        return "fp16" if device.startswith("cuda") else "fp32"
-    return precision
 
 
 def load_esm(model: str) -> tuple[torch.nn.Module, esm.Alphabet, str]:
