@@ -131,18 +131,23 @@ def paused_mid_write(workdir: Path, name: str):
     return wait_for(check)
 
 
-def test_job_killed_mid_write_leaves_no_output_and_is_retried_on_another_device(
-    workdir, tiny_model
-):
-    # one job at a time, two device slots: the retry finds the other device free
-    run = subprocess.Popen(
-        command(slots=1),
+def start_paused(workdir: Path, name: str, slots: int) -> subprocess.Popen:
+    """A run in the background whose job for `name` pauses on attempt 1 before renaming."""
+    return subprocess.Popen(
+        command(slots=slots),
         cwd=workdir,
-        env=environment({"pause_before_rename": {"name": "beta", "attempt": 1}}),
+        env=environment({"pause_before_rename": {"name": name, "attempt": 1}}),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def test_job_killed_mid_write_leaves_no_output_and_is_retried_on_another_device(
+    workdir, tiny_model
+):
+    # one job at a time, two device slots: the retry finds the other device free
+    run = start_paused(workdir, "beta", slots=1)
     running = paused_mid_write(workdir, "beta")
     assert not (workdir / "results" / "embeddings" / "beta.pt").exists()
     os.kill(running["pid"], signal.SIGKILL)
@@ -219,14 +224,7 @@ def test_unwritable_output_folder_stops_before_any_job(workdir):
 
 
 def test_second_snakemake_in_the_same_folder_is_refused_and_the_first_finishes(workdir, tiny_model):
-    first = subprocess.Popen(
-        command(),
-        cwd=workdir,
-        env=environment({"pause_before_rename": {"name": "alpha", "attempt": 1}}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    first = start_paused(workdir, "alpha", slots=2)
     running = paused_mid_write(workdir, "alpha")
     second = snakemake(workdir)
     assert second.returncode == 1
