@@ -27,6 +27,20 @@ class EmbedResult:
     batches: int  # batches that completed
     computed_tokens: int  # padded tokens of the batches that completed
     oom_backoffs: int
+    unique_sequences: int  # what the model saw: identical sequences are embedded once
+    real_tokens: int  # tokens of the unique sequences, BOS/EOS included
+
+
+def first_occurrences(sequences: list[str], truncation: int) -> tuple[list[int], list[int]]:
+    """Indices of the first copy of each distinct sequence (as the model sees it: cut at
+    `truncation`), and for every position the index of its first copy. Six-frame translations
+    and redundant reads repeat sequences; each is computed once and copied."""
+    first_of: dict[str, int] = {}
+    source = [
+        first_of.setdefault(sequence[:truncation], index)
+        for index, sequence in enumerate(sequences)
+    ]
+    return sorted(first_of.values()), source
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -58,6 +72,7 @@ def embed_all(
 
     lengths = [len(sequence) for sequence in records.sequences]
     tokens_of = [min(n, truncation) + backend.extra_tokens for n in lengths]
+    unique, source = first_occurrences(records.sequences, truncation)
 
     def batches_of(indices: list[int], limit: Callable[[int], int]) -> list[Batch]:
         local = make_batches(
@@ -68,9 +83,16 @@ def embed_all(
         )
         return [Batch([indices[i] for i in b.indices], b.padded_length) for b in local]
 
-    pending = deque(batches_of(list(range(len(lengths))), budget))
+    pending = deque(batches_of(unique, budget))
     pooled = {layer: torch.zeros(len(lengths), backend.embed_dim) for layer in layers}
-    result = EmbedResult(pooled, batches=0, computed_tokens=0, oom_backoffs=0)
+    result = EmbedResult(
+        pooled,
+        batches=0,
+        computed_tokens=0,
+        oom_backoffs=0,
+        unique_sequences=len(unique),
+        real_tokens=sum(tokens_of[i] for i in unique),
+    )
     cap: int | None = None
     while pending:
         batch = pending.popleft()
@@ -112,4 +134,8 @@ def embed_all(
             f"batch {result.batches}: {len(batch.indices)} sequences x {batch.padded_length} "
             f"tokens, {len(pending)} batches left"
         )
+    if len(unique) < len(lengths):
+        copies = torch.tensor(source)
+        for layer in layers:
+            pooled[layer] = pooled[layer][copies]
     return result

@@ -120,3 +120,24 @@ def test_missing_model_is_a_model_error(tmp_path, fasta_set):
     job = make_job(tmp_path, fasta_set["gamma"], tmp_path / "esm2_missing.pt")
     with pytest.raises(SystemExit, match=r"ModelError: .*model checkpoint not found"):
         run_or_record_failure(job)
+
+
+def test_identical_sequences_are_computed_once_and_copied(tmp_path, tiny_model):
+    fasta = tmp_path / "repeats.fasta"
+    # c equals a; d equals b up to the truncation length (40), so the model sees it the same
+    long_b = "MKVLAAGIVLLLSSAQAQAIDLEKNGWTPEKTLRAAGVAS"
+    fasta.write_text(
+        f">a\nMKTAYIAKQR\n>b\n{long_b}\n>c\nmktayiakqr*\n>d\n{long_b}WWWW\n>e\nGGGGHHHH\n"
+    )
+    job = make_job(tmp_path, fasta, tiny_model, truncation=40)
+    record = run_embed_job(job)
+    assert record["sequences"] == 5 and record["unique_sequences"] == 3
+    assert record["real_tokens"] == (10 + 2) + (40 + 2) + (8 + 2)
+
+    result = torch.load(job.output)
+    records = read_fasta(fasta, PROTEIN_ALPHABET)
+    expected = reference_embeddings(tiny_model, records.sequences, [3], 40)[3]
+    got = result["mean_representations"][3]
+    assert result["ids"] == ["a", "b", "c", "d", "e"]
+    assert (got - expected).abs().max().item() <= 1e-5
+    assert torch.equal(got[0], got[2]) and torch.equal(got[1], got[3])

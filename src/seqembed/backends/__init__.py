@@ -32,10 +32,12 @@ class Backend(Protocol):
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """auto: fp16 on a GPU (how ESM-2 is usually served, half the memory), fp32 on the CPU,
-    where half precision is slow and buys nothing. An explicit choice is honoured."""
+    """auto: bf16 on a GPU (half the memory and the tensor cores, and fp32's range, so no
+    overflow in long sequences; the backend falls back to fp16 on GPUs older than Ampere),
+    fp32 on the CPU, where half precision is slow and buys nothing. An explicit choice is
+    honoured."""
     if precision == "auto":
-        return "fp16" if device.startswith("cuda") else "fp32"
+        return "bf16" if device.startswith("cuda") else "fp32"
     return precision
 
 

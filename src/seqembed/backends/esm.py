@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import esm
 import torch
+from esm.model.esm2 import ESM2
 
 from seqembed.backends import ModelError, resolve_precision
 
@@ -17,22 +19,71 @@ PROTEIN_ALPHABET = frozenset("ACDEFGHIKLMNPQRSTVWYXBUZO")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def load_esm(model: str) -> tuple[torch.nn.Module, esm.Alphabet, str]:
-    """A local checkpoint path or a fair-esm hub name (e.g. esm2_t33_650M_UR50D)."""
-    # fair-esm's loader calls torch.load with weights_only=True (torch >= 2.6), which rejects
-    # the argparse.Namespace every ESM checkpoint stores; allow exactly that class.
+# the prefixes of the released checkpoints' keys, as fair-esm's loader strips them
+CHECKPOINT_PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
+
+
+def checkpoint_path(model: str) -> Path | None:
+    """The checkpoint file behind `model`: the path itself, or the hub name's file in torch's
+    hub cache (where the pre-flight puts it); None for a hub name not downloaded yet."""
+    path = Path(model).expanduser()
+    if path.suffix == ".pt" or path.exists():
+        return path
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / f"{model}.pt"
+    return cached if cached.is_file() else None
+
+
+def load_esm2_direct(path: Path, device: str, dtype: torch.dtype) -> tuple[ESM2, esm.Alphabet]:
+    """fair-esm's ESM-2 loading without its two avoidable costs: the model is built on the
+    meta device (no random initialisation of weights about to be overwritten) and takes the
+    checkpoint's tensors as they are (`assign=True`, memory-mapped, no second copy), then
+    moves once to the target device and precision. Same architecture, same weights, same
+    numbers as esm.pretrained.load_model_and_alphabet_local."""
+    data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    state = {CHECKPOINT_PREFIX.sub("", key): value for key, value in data["model"].items()}
+    regression = path.with_name(f"{path.stem}-contact-regression.pt")
+    if regression.is_file():
+        regression_state = torch.load(regression, map_location="cpu", weights_only=True)
+        state.update(regression_state["model"])
+    cfg = data["cfg"]["model"]
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    with torch.device("meta"):
+        network = ESM2(
+            num_layers=cfg.encoder_layers,
+            embed_dim=cfg.encoder_embed_dim,
+            attention_heads=cfg.encoder_attention_heads,
+            alphabet=alphabet,
+            token_dropout=cfg.token_dropout,
+        )
+    for name, parameter in network.contact_head.regression.named_parameters():
+        # contacts are never computed here; fair-esm, too, runs without these weights
+        state.setdefault(f"contact_head.regression.{name}", torch.zeros(parameter.shape))
+    network.load_state_dict(state, strict=True, assign=True)
+    return network.to(device=device, dtype=dtype), alphabet
+
+
+def load_esm(model: str, device: str, dtype: torch.dtype) -> tuple[ESM2, esm.Alphabet, str]:
+    """A local checkpoint path or a fair-esm hub name (e.g. esm2_t33_650M_UR50D), on
+    `device` in `dtype`, in eval mode."""
+    # fair-esm's checkpoints store an argparse.Namespace, which torch.load's weights_only
+    # mode (default since torch 2.6) rejects; allow exactly that class
     torch.serialization.add_safe_globals([argparse.Namespace])
-    path = Path(model)
     try:
-        if path.suffix == ".pt" or path.exists():
-            if not path.is_file():
-                raise ModelError(f"model checkpoint not found: {model}")
+        path = checkpoint_path(model)
+        if path is not None and not path.is_file():
+            raise ModelError(f"model checkpoint not found: {model}")
+        if path is not None and path.stem.startswith("esm2"):
+            network, alphabet = load_esm2_direct(path, device, dtype)
+            return network.eval(), alphabet, path.stem
+        if path is not None:  # ESM-1b/1v and friends: fair-esm's own loader
             network, alphabet = esm.pretrained.load_model_and_alphabet_local(str(path))
-            return network, alphabet, path.stem
-        if not model.startswith("esm") or not hasattr(esm.pretrained, model):
+            name = path.stem
+        elif model.startswith("esm") and hasattr(esm.pretrained, model):
+            network, alphabet = esm.pretrained.load_model_and_alphabet_hub(model)
+            name = model
+        else:
             raise ModelError(f"unknown model '{model}': not a file and not a fair-esm hub name")
-        network, alphabet = esm.pretrained.load_model_and_alphabet_hub(model)
-        return network, alphabet, model
+        return network.eval().to(device=device, dtype=dtype), alphabet, name
     except ModelError:
         raise
     except Exception as error:  # noqa: BLE001 - any loader failure is one line for the user
@@ -64,9 +115,10 @@ class EsmBackend:
 
     @classmethod
     def load(cls, model: str, *, device: str, precision: str, truncation: int) -> EsmBackend:
-        network, alphabet, name = load_esm(model)
         dtype = PRECISIONS[resolve_precision(precision, device)]
-        network = network.eval().to(device=device, dtype=dtype)
+        if precision == "auto" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            dtype = torch.float16  # pre-Ampere GPU: no bf16 tensor cores
+        network, alphabet, name = load_esm(model, device, dtype)
         return cls(network, alphabet, name, device, dtype, truncation)
 
     def resolve_layers(self, layers) -> list[int]:
