@@ -10,12 +10,15 @@ import contextlib
 import glob
 import json
 import os
+import resource
 import socket
 import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from seqembed import faults, runstate
 from seqembed.backends import ModelError
@@ -190,6 +193,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
         write_atomically(job.output, write)
 
     finished = time.time()
+    process_started = psutil.Process().create_time()
     record = {
         **base,
         "status": "done",
@@ -206,9 +210,12 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
         "truncated_sequences": sum(n > config["truncation"] for n in lengths),
         "duplicate_ids": len(records.ids) - len(set(records.ids)),
         "finished": finished,
+        # interpreter, imports and Snakemake's script preamble, before this function ran
+        "startup_seconds": max(0.0, started - process_started),
         "model_load_seconds": model_load_seconds,
         "compute_seconds": compute_seconds,
         "wall_seconds": finished - started,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     _write_record(job, record)
     say(

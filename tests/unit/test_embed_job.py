@@ -76,7 +76,9 @@ def test_embeddings_equal_unbatched_fair_esm(
 def test_virnucpro_layout_holds_the_same_numbers(tmp_path, tiny_model, fasta_set):
     fasta = fasta_set["beta"]
     default = make_job(tmp_path / "a", fasta, tiny_model, toks_per_batch=900)
-    virnucpro = make_job(tmp_path / "b", fasta, tiny_model, output_layout="virnucpro")
+    virnucpro = make_job(
+        tmp_path / "b", fasta, tiny_model, output_layout="virnucpro", toks_per_batch=900
+    )
     run_embed_job(default)
     run_embed_job(virnucpro)
 

@@ -61,3 +61,36 @@ def test_half_precision_stays_within_two_percent_of_fp32(tiny_model, precision):
     relative = (results[precision] - results["fp32"]).norm(dim=1) / results["fp32"].norm(dim=1)
     assert relative.max().item() <= 0.02
     assert relative.max().item() > 0  # it really ran in half precision
+
+
+def test_fused_attention_matches_fair_esm_to_fp32_rounding(tiny_model, monkeypatch):
+    from seqembed.backends import attention
+
+    calls = []
+    fused_kernel = attention.F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return fused_kernel(*args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", counting)
+    reference = fair_esm_model(tiny_model)
+    network, alphabet, _ = load_esm(str(tiny_model), "cpu", torch.float32)
+    assert attention.use_fused_attention(network) == 3
+    rng = random.Random(5)
+    # mixed lengths: the key-padding mask matters
+    batch = [(str(i), random_protein(rng, rng.randint(5, 200))) for i in range(6)]
+    _, _, tokens = alphabet.get_batch_converter(1022)(batch)
+    with torch.no_grad():
+        expected = reference(tokens, repr_layers=[0, 1, 2, 3])
+        got = network(tokens, repr_layers=[0, 1, 2, 3])
+    assert len(calls) == 3  # the fused kernel really ran, once per layer
+    residues = tokens != alphabet.padding_idx
+    for layer in range(4):
+        difference = expected["representations"][layer] - got["representations"][layer]
+        assert difference[residues].abs().max().item() <= 1e-5
+    assert (expected["logits"] - got["logits"])[residues].abs().max().item() <= 1e-4
+    # contacts need the attention weights: fair-esm's own path still serves them
+    with torch.no_grad():
+        contacts = network(tokens, return_contacts=True)["contacts"]
+    assert contacts.shape[0] == 6

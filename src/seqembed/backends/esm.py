@@ -11,6 +11,7 @@ import torch
 from esm.model.esm2 import ESM2
 
 from seqembed.backends import ModelError, resolve_precision
+from seqembed.backends.attention import use_fused_attention
 
 # fair-esm's ESM-1b/ESM-2 alphabet without the gap symbols '.' and '-': an aligned FASTA is
 # not what these models were trained on, so it is reported instead of silently embedded.
@@ -119,6 +120,7 @@ class EsmBackend:
         if precision == "auto" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
             dtype = torch.float16  # pre-Ampere GPU: no bf16 tensor cores
         network, alphabet, name = load_esm(model, device, dtype)
+        use_fused_attention(network)
         return cls(network, alphabet, name, device, dtype, truncation)
 
     def resolve_layers(self, layers) -> list[int]:
