@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 from pathlib import Path
 
@@ -34,11 +35,27 @@ def checkpoint_path(model: str) -> Path | None:
     return cached if cached.is_file() else None
 
 
+@contextlib.contextmanager
+def skipped_weight_init():
+    """Build modules with uninitialised (never touched, so never paged-in) weights. Not the
+    meta device: its first use imports torch's decomposition machinery, 1.5 s per process,
+    more than a small model takes to initialise."""
+    names = [name for name in dir(torch.nn.init) if name.endswith("_") and not name.startswith("_")]
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+
+
 def load_esm2_direct(path: Path, device: str, dtype: torch.dtype) -> tuple[ESM2, esm.Alphabet]:
-    """fair-esm's ESM-2 loading without its two avoidable costs: the model is built on the
-    meta device (no random initialisation of weights about to be overwritten) and takes the
-    checkpoint's tensors as they are (`assign=True`, memory-mapped, no second copy), then
-    moves once to the target device and precision. Same architecture, same weights, same
+    """fair-esm's ESM-2 loading without its two avoidable costs: the model is built without
+    random initialisation of weights about to be overwritten, and takes the checkpoint's
+    tensors as they are (`assign=True`, memory-mapped, no second copy), then moves once to the
+    target device and precision. Same architecture, same weights, same
     numbers as esm.pretrained.load_model_and_alphabet_local."""
     data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     state = {CHECKPOINT_PREFIX.sub("", key): value for key, value in data["model"].items()}
@@ -48,7 +65,7 @@ def load_esm2_direct(path: Path, device: str, dtype: torch.dtype) -> tuple[ESM2,
         state.update(regression_state["model"])
     cfg = data["cfg"]["model"]
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-    with torch.device("meta"):
+    with skipped_weight_init():
         network = ESM2(
             num_layers=cfg.encoder_layers,
             embed_dim=cfg.encoder_embed_dim,
