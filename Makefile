@@ -22,8 +22,8 @@ demo: $(INSTALLED) demo/model demo/fasta
 
 # the demo data gives `snakemake --lint` a workflow with inputs to read
 test: $(INSTALLED) demo/model demo/fasta
-	$(BIN)/ruff check src scripts tests
-	$(BIN)/ruff format --check src scripts tests
+	$(BIN)/ruff check src scripts tests bench
+	$(BIN)/ruff format --check src scripts tests bench
 	$(BIN)/snakefmt --check Snakefile workflow
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/python -m pytest -q

@@ -67,9 +67,10 @@ def say(config: dict, level: str, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _budget(job: EmbedJob, backend, layers: list[int], torch_device: str):
-    if job.config["toks_per_batch"] != "auto":
-        return fixed_budget(int(job.config["toks_per_batch"]))
+def batch_budget(toks_per_batch, backend, layers: list[int], torch_device: str):
+    """A fixed budget, or with "auto" one sized from the free memory once the model is in."""
+    if toks_per_batch != "auto":
+        return fixed_budget(int(toks_per_batch))
     if not torch_device.startswith("cuda"):
         return fixed_budget(CPU_TOKS_PER_BATCH)
     import torch
@@ -171,7 +172,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
             backend,
             records,
             layers,
-            _budget(job, backend, layers, torch_device),
+            batch_budget(config["toks_per_batch"], backend, layers, torch_device),
             truncation=config["truncation"],
             progress=lambda message: say(config, "verbose", f"{job.name}: {message}"),
         )

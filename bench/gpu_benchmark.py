@@ -1,0 +1,228 @@
+"""GPU benchmark for a lent machine: one command, a few minutes on one H200.
+
+    .venv/bin/python bench/gpu_benchmark.py --out results/gpu-bench
+
+Generates random-weight checkpoints with the shapes of ESM-2 650M and 3B (fp16 on disk, as
+fair-esm publishes the large ones) and a corpus of translated-read-like sequences, then
+reports per model: load seconds (seqembed's loader, and fair-esm's for 650M), tokens/s in
+bf16 through seqembed's batching and fused attention, model FLOP utilisation (MFU) against a
+bf16 matmul peak measured on the same GPU, and fp32 tokens/s the way fair-esm's extraction
+runs (4,096-token batches, its own attention). `--smoke` runs the same code on tiny shapes,
+on the CPU, in seconds: the test suite does that so the script is known to work before a GPU
+is ever lent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+import torch  # noqa: E402
+
+from seqembed.backends.esm import EsmBackend, load_esm  # noqa: E402
+from seqembed.batching import fixed_budget, make_batches  # noqa: E402
+from seqembed.demo import random_protein, read_length  # noqa: E402
+from seqembed.embed import batch_budget  # noqa: E402
+from seqembed.fasta import FastaRecords  # noqa: E402
+from seqembed.runner import embed_all  # noqa: E402
+
+# name: (layers, width, heads)
+SHAPES = {
+    "650M": (33, 1280, 20),
+    "3B": (36, 2560, 40),
+}
+SMOKE_SHAPES = {"tiny": (2, 64, 4)}
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak_tflops(device: str, dtype: torch.dtype, size: int, seconds: float) -> float:
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    runs, started = 0, time.time()
+    while time.time() - started < seconds:
+        a @ b
+        runs += 1
+        if runs % 10 == 0:
+            synchronize(device)
+    synchronize(device)
+    return 2 * size**3 * runs / (time.time() - started) / 1e12
+
+
+def write_checkpoint(folder: Path, shape: tuple[int, int, int], device: str) -> Path:
+    """fair-esm's checkpoint layout, weights initialised on the target device (fast) and
+    stored in fp16."""
+    import argparse as arguments
+
+    from esm.model.esm2 import ESM2
+
+    layers, width, heads = shape
+    with torch.device(device):
+        network = ESM2(num_layers=layers, embed_dim=width, attention_heads=heads)
+    state = {k: v.half().cpu() for k, v in network.state_dict().items()}
+    regression = {k: state.pop(k) for k in list(state) if k.startswith("contact_head.regression")}
+    encoder = {
+        (f"encoder.{k}" if k.startswith("lm_head.") else f"encoder.sentence_encoder.{k}"): v
+        for k, v in state.items()
+    }
+    cfg = arguments.Namespace(
+        encoder_layers=layers,
+        encoder_embed_dim=width,
+        encoder_attention_heads=heads,
+        token_dropout=True,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"esm2_t{layers}_{width}D_bench.pt"
+    torch.save({"model": encoder, "cfg": {"model": cfg}}, path)
+    torch.save({"model": regression}, folder / f"{path.stem}-contact-regression.pt")
+    del network
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return path
+
+
+def corpus(sequences: int, seed: int = 11) -> FastaRecords:
+    rng = random.Random(seed)
+    texts = [random_protein(rng, read_length(rng, 50, 600)) for _ in range(sequences)]
+    return FastaRecords([f"s{i}" for i in range(sequences)], texts)
+
+
+def flops_per_token(shape: tuple[int, int, int], mean_tokens: float) -> float:
+    """2 x parameters (matrix products of the layers and the LM head), plus attention's two
+    T x T products: 4 x T x width per layer and token."""
+    layers, width, _ = shape
+    parameters = layers * 12 * width * width + 33 * width
+    return 2 * parameters + 4 * layers * mean_tokens * width
+
+
+def run_seqembed(path: Path, records: FastaRecords, device: str, precision: str):
+    """As an embed job does it: auto budget from the free memory once the model is in."""
+    backend = EsmBackend.load(str(path), device=device, precision=precision, truncation=1022)
+    layer = backend.num_layers
+    budget = batch_budget("auto", backend, [layer], device)
+    warm = FastaRecords(records.ids[:8], records.sequences[:8])
+    embed_all(backend, warm, [layer], budget, truncation=1022)
+    synchronize(device)
+    started = time.time()
+    result = embed_all(backend, records, [layer], budget, truncation=1022)
+    synchronize(device)
+    seconds = time.time() - started
+    return result, seconds, backend
+
+
+def run_fair_esm_fp32(path: Path, records: FastaRecords, device: str, seconds_cap: float):
+    """fair-esm's extraction loop: its loader, fp32, 4,096-token batches, its attention."""
+    import argparse as arguments
+
+    import esm
+
+    torch.serialization.add_safe_globals([arguments.Namespace])
+    network, alphabet = esm.pretrained.load_model_and_alphabet_local(str(path))
+    network = network.eval().to(device=device, dtype=torch.float32)
+    converter = alphabet.get_batch_converter(1022)
+    lengths = [len(s) for s in records.sequences]
+    batches = make_batches(lengths, fixed_budget(4096), extra_tokens=2, truncation=1022)
+    tokens = 0
+    synchronize(device)
+    started = time.time()
+    with torch.no_grad():
+        for batch in batches:
+            _, _, batch_tokens = converter([("x", records.sequences[i]) for i in batch.indices])
+            network(batch_tokens.to(device), repr_layers=[network.num_layers])
+            tokens += sum(min(lengths[i], 1022) + 2 for i in batch.indices)
+            if time.time() - started > seconds_cap:
+                break
+    synchronize(device)
+    del network
+    return tokens / (time.time() - started)
+
+
+def fair_esm_load_seconds(path: Path) -> float:
+    import argparse as arguments
+
+    import esm
+
+    torch.serialization.add_safe_globals([arguments.Namespace])
+    started = time.time()
+    network, _ = esm.pretrained.load_model_and_alphabet_local(str(path))
+    seconds = time.time() - started
+    del network
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("results/gpu-bench"))
+    parser.add_argument("--sequences", type=int, default=4000)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
+    args = parser.parse_args()
+
+    smoke = args.smoke
+    device = "cpu" if smoke else "cuda:0"
+    shapes = SMOKE_SHAPES if smoke else SHAPES
+    precision = "fp32" if smoke else "bf16"
+    dtype = torch.float32 if smoke else torch.bfloat16
+    sequences = 40 if smoke else args.sequences
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"device": "cpu" if smoke else torch.cuda.get_device_name(0), "models": {}}
+    peak = matmul_peak_tflops(device, dtype, 256 if smoke else 8192, 0.5 if smoke else 10.0)
+    report["matmul_peak_tflops"] = peak
+    print(f"device {report['device']}: measured {precision} matmul peak {peak:.1f} TFLOP/s")
+    records = corpus(sequences)
+
+    for name, shape in shapes.items():
+        path = write_checkpoint(args.out / "models", shape, device)
+        started = time.time()
+        network, _, _ = load_esm(str(path), device, dtype)
+        synchronize(device)
+        load_seconds = time.time() - started
+        del network
+        figures = {"load_seconds": load_seconds}
+        if smoke or name == "650M":  # fair-esm's loader builds 3B on the CPU: minutes
+            figures["fair_esm_load_seconds"] = fair_esm_load_seconds(path)
+        result, seconds, _ = run_seqembed(path, records, device, precision)
+        real_per_s = result.real_tokens / seconds
+        mean_tokens = result.real_tokens / max(1, result.unique_sequences)
+        mfu = real_per_s * flops_per_token(shape, mean_tokens) / (peak * 1e12)
+        figures.update(
+            tokens_per_s=real_per_s,
+            padded_tokens_per_s=result.computed_tokens / seconds,
+            padding_efficiency=result.real_tokens / result.computed_tokens,
+            mfu=mfu,
+            oom_backoffs=result.oom_backoffs,
+            sequences=len(records.sequences),
+            seconds=seconds,
+        )
+        figures["fair_esm_fp32_tokens_per_s"] = run_fair_esm_fp32(
+            path, records, device, seconds_cap=5 if smoke else 30
+        )
+        report["models"][name] = figures
+        print(
+            f"{name}: load {load_seconds:.2f} s (fair-esm "
+            f"{figures.get('fair_esm_load_seconds', float('nan')):.2f} s); {precision} "
+            f"{real_per_s:,.0f} tokens/s, MFU {mfu:.0%}, padding "
+            f"{figures['padding_efficiency']:.3f}; fair-esm fp32 "
+            f"{figures['fair_esm_fp32_tokens_per_s']:,.0f} tokens/s"
+        )
+        path.unlink()
+        path.with_name(f"{path.stem}-contact-regression.pt").unlink()
+        if not smoke:
+            torch.cuda.empty_cache()
+    (args.out / "gpu_benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
