@@ -3,6 +3,7 @@
 Quick start: `make demo`. Configuration: config/config.yaml (every key documented there).
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -60,11 +61,11 @@ onstart:
     if failure:
         sys.exit(f"seqembed: pre-flight failed: {failure}")
     # a fresh run: earlier failures no longer count towards an abort, speed is measured anew
-    runstate.reset(LAYOUT.state)
+    runstate.reset(LAYOUT.state, scheduler_pid=os.getpid())
 
 
 # With keep-going, the summary rule does not run once a job failed: the same summary is
 # written here, and the exit code says what happened (sys.exit in a handler is how Snakemake
 # lets a workflow choose it; its locks are still released).
 onerror:
-    sys.exit(exit_code_after_failure(LAYOUT, list(FILES)))
+    sys.exit(exit_code_after_failure(LAYOUT, FILES))

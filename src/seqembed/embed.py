@@ -241,19 +241,22 @@ def _classify(error: BaseException) -> tuple[str, bool, str]:
 
 def run_or_record_failure(job: EmbedJob) -> dict:
     """Run the job with the failure semantics of a run: every failure leaves a record (the
-    rule's log, which Snakemake keeps) and one line naming the file, and exits non-zero so
-    Snakemake retries or gives up on this file while the others go on."""
+    rule's log, which Snakemake keeps after a failure) and one line naming the file, and
+    exits non-zero so Snakemake retries or gives up on this file while the others go on."""
     previous = _read_record(_last_attempt_path(job))
     retry_of = previous if previous and previous.get("attempt", 0) < job.attempt else None
     history = list((retry_of or {}).get("previous_attempts", []))
     avoid: list[str] = []
+    completed_streak = False  # this job's outcome aborts the run: it stops the scheduler
     try:
         if retry_of and retry_of["status"] == "running":
             # the previous attempt of this run died without a word: killed, segfault, node
             crash = f"attempt {retry_of['attempt']} ended without a result on {retry_of['device']}"
             history.append(_attempt(retry_of, "Crash", crash))
             avoid = [retry_of["device"]] if retry_of.get("device") else []
-            runstate.record_outcome(job.state_dir, job.name, job.fasta, "Crash", crash)
+            completed_streak = bool(
+                runstate.record_outcome(job.state_dir, job.name, job.fasta, "Crash", crash)
+            )
         elif retry_of and retry_of["status"] == "failed":
             if retry_of["error_type"] in DETERMINISTIC:
                 _fail(job, history, retry_of["error_type"], retry_of["error_message"])
@@ -266,9 +269,11 @@ def run_or_record_failure(job: EmbedJob) -> dict:
         raise
     except Exception as error:  # noqa: BLE001 - every failure must leave a record
         error_type, runtime, message = _classify(error)
-        if runtime:
-            runstate.record_outcome(job.state_dir, job.name, job.fasta, error_type, message)
-        _fail(job, history, error_type, message)
+        if runtime and runstate.record_outcome(
+            job.state_dir, job.name, job.fasta, error_type, message
+        ):
+            completed_streak = True
+        _fail(job, history, error_type, message, stop_run=completed_streak)
     if history:
         record["previous_attempts"] = history
         _write_record(job, record)
@@ -285,7 +290,9 @@ def _attempt(record: dict, error_type: str, message: str) -> dict:
     }
 
 
-def _fail(job: EmbedJob, history: list[dict], error_type: str, message: str):
+def _fail(
+    job: EmbedJob, history: list[dict], error_type: str, message: str, stop_run: bool = False
+):
     _write_record(
         job,
         {
@@ -300,5 +307,8 @@ def _fail(job: EmbedJob, history: list[dict], error_type: str, message: str):
             "finished": time.time(),
         },
     )
+    if stop_run:
+        # after the record is safe: stopping the scheduler ends this job too
+        runstate.stop_scheduler(job.state_dir)
     where = "" if job.fasta in message else f"{job.fasta}: "
     raise SystemExit(f"seqembed: {error_type}: {where}{message}")

@@ -3,18 +3,25 @@ whether the run was aborted.
 
 Three runtime failures in a row (not bad input) point at the model, the driver or the node
 rather than at the files; carrying on would only burn hours producing failures. The first
-job to see the third failure writes the abort file; every job that starts after it fails at
-once, before loading a model. The Snakefile's onstart handler clears this folder, so every
-run starts with a clean slate.
+job to see the third failure writes the abort file and interrupts the Snakemake process that
+started the run (when it runs on the same host), which stops scheduling, ends the running
+jobs and writes the summary in its failure handler. Where the scheduler cannot be reached
+(a cluster node), every job that starts after the abort fails at once, before loading a
+model. The Snakefile's onstart handler clears this folder, so every run starts afresh.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
+import signal
+import socket
 import time
 from pathlib import Path
+
+import psutil
 
 from seqembed.output import write_json
 
@@ -25,11 +32,31 @@ ABORT = "abort.json"
 STARTED = "started.json"
 
 
-def reset(state_dir: str | Path) -> None:
+def reset(state_dir: str | Path, scheduler_pid: int | None = None) -> None:
     """A new run: forget the last one's outcomes, note when this one started (throughput
-    figures cover the files computed since)."""
+    figures cover the files computed since) and which process schedules it."""
     shutil.rmtree(state_dir, ignore_errors=True)
-    write_json(Path(state_dir) / STARTED, {"started": time.time()})
+    started = {"started": time.time(), "host": socket.gethostname(), "pid": scheduler_pid}
+    write_json(Path(state_dir) / STARTED, started)
+
+
+def stop_scheduler(state_dir: str | Path) -> bool:
+    """Interrupt the run's Snakemake process, as Ctrl-C would: it starts no more jobs, ends
+    the running ones and runs its failure handler. Only on its own host, and only if the
+    process is still that Snakemake (a pid can be reused)."""
+    try:
+        started = json.loads((Path(state_dir) / STARTED).read_text())
+        if not started.get("pid") or started.get("host") != socket.gethostname():
+            return False
+        process = psutil.Process(started["pid"])
+        if process.create_time() > started["started"] or "snakemake" not in " ".join(
+            process.cmdline()
+        ):
+            return False
+        os.kill(started["pid"], signal.SIGINT)
+        return True
+    except (OSError, ValueError, KeyError, psutil.Error):
+        return False
 
 
 def run_started(state_dir: str | Path) -> float | None:

@@ -25,11 +25,13 @@ def read_records(records_dir: str | os.PathLike, names: list[str]) -> dict[str, 
     return found
 
 
-def _as_failure(record: dict) -> dict:
-    """A record still "running" when the run is summarized belongs to a job that died
-    without a word: killed, segfault, lost node."""
+def _as_failure(record: dict, aborted: str | None) -> dict:
+    """A record still "running" when the run is summarized belongs to a job that was stopped
+    by the abort or died without a word (killed, segfault, lost node)."""
     if record["status"] != "running":
         return record
+    if aborted:
+        return {**record, "error_type": "Aborted", "error_message": f"stopped: {aborted}"}
     return {
         **record,
         "error_type": "Crash",
@@ -50,6 +52,7 @@ def summarize(
     planned_load: Mapping[str, int] | None = None,
     aborted: str | None = None,
     since: float | None = None,
+    paths: Mapping[str, str] | None = None,
 ) -> dict:
     """File counts and failures cover every input; speed figures only the files computed in
     this run (started at `since`), so a rerun of one file reports that file's speed, not the
@@ -57,8 +60,19 @@ def summarize(
     per-device rates use the device's busy time (claim to release), excluding waits for a
     free device."""
     done = [r for r in records.values() if r and r["status"] == "done"]
-    failed = [_as_failure(r) for r in records.values() if r and r["status"] != "done"]
+    failed = [_as_failure(r, aborted) for r in records.values() if r and r["status"] != "done"]
     missing = sorted(name for name, r in records.items() if r is None)
+    if aborted and missing:
+        # files the aborted run never started failed for the same reason as the run
+        failed += [
+            {
+                "file": (paths or {}).get(name, name),
+                "error_type": "Aborted",
+                "error_message": f"not started: {aborted}",
+            }
+            for name in missing
+        ]
+        missing = []
     computed = [r for r in done if since is None or r["started"] >= since]
     ran = [r for r in computed if r["device"] is not None]  # an empty file ran nowhere
     sequences = sum(r["sequences"] for r in computed)
@@ -162,7 +176,7 @@ def render_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def report_run(layout: RunLayout, names: list[str], *, aborted: str | None = None) -> dict:
+def report_run(layout: RunLayout, files: Mapping[str, str], *, aborted: str | None = None) -> dict:
     """Summarize the records of `names`, write summary.json and failed_files.txt, print the
     table; the summary rule and the failure handler both end a run here."""
     try:
@@ -170,17 +184,18 @@ def report_run(layout: RunLayout, names: list[str], *, aborted: str | None = Non
     except (OSError, ValueError, KeyError):
         planned = None
     since = runstate.run_started(layout.state)
-    summary = summarize(read_records(layout.records, names), planned, aborted, since)
+    records = read_records(layout.records, list(files))
+    summary = summarize(records, planned, aborted, since, paths=files)
     write_summary(summary, layout.summary, layout.failed)
     print(render_table(summary), flush=True)
     return summary
 
 
-def exit_code_after_failure(layout: RunLayout, names: list[str]) -> int:
+def exit_code_after_failure(layout: RunLayout, files: Mapping[str, str]) -> int:
     """For Snakemake's onerror handler: write the summary from whatever finished and tell
     the caller's script what happened: 2 some files done and some failed; 1 nothing done,
     the run was aborted. The reason is the last line printed."""
-    summary = report_run(layout, names, aborted=runstate.abort_reason(layout.state))
+    summary = report_run(layout, files, aborted=runstate.abort_reason(layout.state))
     failed = summary["files"]["failed"] + summary["files"]["missing"]
     if summary["aborted"]:
         print(f"seqembed: {summary['aborted']}", flush=True)

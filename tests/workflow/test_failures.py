@@ -184,8 +184,9 @@ def test_three_runtime_failures_in_a_row_abort_the_run(workdir):
     assert summary["aborted"].startswith("run aborted after 3 runtime failures in a row: ")
     assert all(path in summary["aborted"] for path in oom)
     assert f"seqembed: {summary['aborted']}" in result.stdout
-    # the aborted file never loaded a model: its record is the abort, on attempt 1 already
-    assert record(workdir, by_size[3])["error_type"] == "Aborted"
+    # the run stopped: the last file was never started
+    assert not (workdir / "results" / "records" / f"{by_size[3]}.json").exists()
+    assert [line.split("|")[2] for line in aborted] == [f"not started: {summary['aborted']}"]
 
     rerun = snakemake(workdir)  # the cause is gone: a fresh run, every file done
     assert rerun.returncode == 0, rerun.stderr

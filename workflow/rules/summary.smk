@@ -10,6 +10,6 @@ rule summary:
     conda:
         ENV
     params:
-        names=list(FILES),
+        files=FILES,
     script:
         "../../scripts/summary.py"
