@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from seqembed import runstate
 from seqembed.config import ConfigError, check_writable, input_files, validate_config
+from seqembed.devices import resolve_pool, slots_warning
 from seqembed.layout import RunLayout
 from seqembed.preflight import preflight_in_subprocess
 from seqembed.summary import exit_code_after_failure
@@ -62,6 +63,13 @@ onstart:
         sys.exit(f"seqembed: pre-flight failed: {failure}")
     # a fresh run: earlier failures no longer count towards an abort, speed is measured anew
     runstate.reset(LAYOUT.state, scheduler_pid=os.getpid())
+    warning = slots_warning(
+        workflow.global_resources.get("gpu").value,
+        workflow.global_resources.get("_cores").value,
+        resolve_pool(config["device"], config["gpus"], config["cpu_slots"]),
+    )
+    if warning:
+        print(f"seqembed: warning: {warning}", file=sys.stderr)
 
 
 # With keep-going, the summary rule does not run once a job failed: the same summary is

@@ -262,3 +262,25 @@ def torch_device_for(label: str) -> str:
     """The torch device string once cuda_env_for(label) is in effect."""
     kind, _ = _split(label)
     return "cuda:0" if kind == "cuda" else "cpu"
+
+
+def slots_warning(gpu_slots: int | None, cores: int | None, pool: Sequence[str]) -> str | None:
+    """A warning when Snakemake may run more embed jobs at once than there are devices:
+    the extra jobs wait for a free device, each holding a Snakemake job slot and its parsed
+    input, so nothing runs faster and memory fills. None when the numbers fit."""
+    devices = len(pool)
+    if gpu_slots is None:
+        if cores and cores > devices:
+            return (
+                f"no --resources gpu=N given: Snakemake may start up to {cores} embed jobs "
+                f"at once for {devices} device(s); the extra ones wait. Add --resources "
+                f"gpu={devices}"
+            )
+        return None
+    if gpu_slots > devices:
+        return (
+            f"--resources gpu={gpu_slots} but {devices} device(s) to use ({', '.join(pool)}): "
+            f"{gpu_slots - devices} job(s) at a time will wait for a free device; use "
+            f"--resources gpu={devices}"
+        )
+    return None

@@ -388,3 +388,14 @@ def test_sigkilled_holder_frees_its_device(tmp_path):
         if proc.is_alive():
             proc.kill()
             proc.join()
+
+
+def test_slots_warning_when_more_jobs_than_devices_may_run():
+    from seqembed.devices import slots_warning
+
+    pool = ["cuda:0", "cuda:1"]
+    assert slots_warning(2, 8, pool) is None
+    assert slots_warning(1, 8, pool) is None
+    assert "--resources gpu=4 but 2 device(s)" in slots_warning(4, 8, pool)
+    assert "no --resources gpu=N given" in slots_warning(None, 8, pool)
+    assert slots_warning(None, 2, pool) is None  # --cores alone keeps it within the pool
