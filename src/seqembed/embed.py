@@ -48,17 +48,16 @@ class Aborted(Exception):
     """The run was aborted by earlier failures; this file was not attempted."""
 
 
-#: error type for failures.txt, and whether it counts towards the systemic abort (input
-#: problems say nothing about the model, driver or node)
+#: error type for failed_files.txt; whether it counts towards the systemic abort (input
+#: problems say nothing about the model, driver or node); whether a retry would fail the
+#: same way, so that the retry repeats the verdict instead of loading the model again
 ERROR_TYPES = {
-    InputError: ("InputError", False),
-    Aborted: ("Aborted", False),
-    ModelError: ("ModelError", True),
-    DeviceError: ("DeviceError", True),
-    SequenceTooLarge: ("OOM", True),
+    InputError: ("InputError", False, True),
+    Aborted: ("Aborted", False, True),
+    ModelError: ("ModelError", True, True),
+    SequenceTooLarge: ("OOM", True, True),
+    DeviceError: ("DeviceError", True, False),
 }
-#: a retry of these would fail the same way: the retry repeats the verdict instead
-DETERMINISTIC = {"InputError", "ModelError", "OOM"}
 
 
 def say(config: dict, level: str, message: str) -> None:
@@ -228,15 +227,19 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
     return record
 
 
-def _classify(error: BaseException) -> tuple[str, bool, str]:
-    for kind, (error_type, runtime) in ERROR_TYPES.items():
+def _classify(error: BaseException) -> tuple[str, bool, bool, str]:
+    """error type, counts towards the abort, deterministic, one-line message"""
+    message = " ".join(str(error).split())
+    for kind, (error_type, runtime, deterministic) in ERROR_TYPES.items():
         if isinstance(error, kind):
-            return error_type, runtime, " ".join(str(error).split())
-    if type(error).__name__ == "OutOfMemoryError":  # torch's, outside the batch loop
-        return "OOM", True, " ".join(str(error).split())
-    # a bug or an unforeseen library error: keep the traceback for whoever debugs it
+            return error_type, runtime, deterministic, message
+    if type(error).__name__ == "OutOfMemoryError":
+        # outside the batch loop (moving the model to a busy GPU): another device may do
+        return "OOM", True, False, message
+    # a bug, a failing GPU or an unforeseen library error: keep the traceback for whoever
+    # debugs it, and let the retry try another device
     traceback.print_exc()
-    return "Error", True, " ".join(f"{type(error).__name__}: {error}".split())
+    return "Error", True, False, f"{type(error).__name__}: {message}"
 
 
 def run_or_record_failure(job: EmbedJob) -> dict:
@@ -252,15 +255,15 @@ def run_or_record_failure(job: EmbedJob) -> dict:
         if retry_of and retry_of["status"] == "running":
             # the previous attempt of this run died without a word: killed, segfault, node
             crash = f"attempt {retry_of['attempt']} ended without a result on {retry_of['device']}"
-            history.append(_attempt(retry_of, "Crash", crash))
-            avoid = [retry_of["device"]] if retry_of.get("device") else []
+            retry_of = {**retry_of, "error_type": "Crash", "error_message": crash}
             completed_streak = bool(
                 runstate.record_outcome(job.state_dir, job.name, job.fasta, "Crash", crash)
             )
-        elif retry_of and retry_of["status"] == "failed":
-            if retry_of["error_type"] in DETERMINISTIC:
-                _fail(job, history, retry_of["error_type"], retry_of["error_message"])
-            history.append(_attempt(retry_of, retry_of["error_type"], retry_of["error_message"]))
+        if retry_of:
+            history.append(_attempt(retry_of))
+            if retry_of.get("deterministic"):
+                _fail(job, history, retry_of["error_type"], retry_of["error_message"], True)
+            avoid = [retry_of["device"]] if retry_of.get("device") else []
         reason = runstate.abort_reason(job.state_dir)
         if reason:
             raise Aborted(reason)
@@ -268,12 +271,12 @@ def run_or_record_failure(job: EmbedJob) -> dict:
     except SystemExit:
         raise
     except Exception as error:  # noqa: BLE001 - every failure must leave a record
-        error_type, runtime, message = _classify(error)
+        error_type, runtime, deterministic, message = _classify(error)
         if runtime and runstate.record_outcome(
             job.state_dir, job.name, job.fasta, error_type, message
         ):
             completed_streak = True
-        _fail(job, history, error_type, message, stop_run=completed_streak)
+        _fail(job, history, error_type, message, deterministic, stop_run=completed_streak)
     if history:
         record["previous_attempts"] = history
         _write_record(job, record)
@@ -281,18 +284,26 @@ def run_or_record_failure(job: EmbedJob) -> dict:
     return record
 
 
-def _attempt(record: dict, error_type: str, message: str) -> dict:
+def _attempt(record: dict) -> dict:
     return {
         "attempt": record["attempt"],
         "device": record.get("device"),
-        "error_type": error_type,
-        "error_message": message,
+        "error_type": record["error_type"],
+        "error_message": record["error_message"],
     }
 
 
 def _fail(
-    job: EmbedJob, history: list[dict], error_type: str, message: str, stop_run: bool = False
+    job: EmbedJob,
+    history: list[dict],
+    error_type: str,
+    message: str,
+    deterministic: bool,
+    stop_run: bool = False,
 ):
+    # the device this attempt had claimed, from its "running" record, so a retry avoids it
+    current = _read_record(_last_attempt_path(job)) or {}
+    device = current.get("device") if current.get("attempt") == job.attempt else None
     _write_record(
         job,
         {
@@ -300,9 +311,11 @@ def _fail(
             "name": job.name,
             "file": job.fasta,
             "attempt": job.attempt,
+            "device": device,
             "host": socket.gethostname(),
             "error_type": error_type,
             "error_message": message,
+            "deterministic": deterministic,
             "previous_attempts": history,
             "finished": time.time(),
         },

@@ -91,9 +91,6 @@ def check_model(model: str) -> str:
                 f"model file {path.name}: the name must keep fair-esm's model name (esm2_...): "
                 "fair-esm picks the architecture from it"
             )
-        regression = path.with_name(f"{path.stem}-contact-regression.pt")
-        if "esm1v" not in path.stem and not regression.is_file():
-            raise PreflightError(f"model {path.name}: {regression.name} is missing beside it")
         problem = _checkpoint_problem(path)
         if problem:
             raise PreflightError(problem)

@@ -93,30 +93,30 @@ def embed_all(
         unique_sequences=len(unique),
         real_tokens=sum(tokens_of[i] for i in unique),
     )
-    cap: int | None = None
     while pending:
         batch = pending.popleft()
+        embedded = None
         try:
             faults.maybe_raise_oom(batch.computed_tokens)
             embedded = backend.embed([records.sequences[i] for i in batch.indices], layers)
         except Exception as error:
             if not _is_out_of_memory(error):
                 raise
-            del error  # its traceback holds the batch's tensors
+        if embedded is None:
+            # out of memory; outside the except block, whose traceback held the batch's
+            # tensors, so the cache can really be emptied
             _free_memory(getattr(backend, "device", None))
             if len(batch.indices) == 1:
                 index = batch.indices[0]
                 raise SequenceTooLarge(
                     f"sequence '{records.ids[index]}' ({lengths[index]} residues, "
                     f"{tokens_of[index]} tokens) does not fit in memory even alone"
-                ) from None
+                )
             result.oom_backoffs += 1
             cap = batch.computed_tokens // 2
-            rest = [batch.indices] + [b.indices for b in pending]
-            remaining = [i for indices in rest for i in indices]
-            capped = cap
+            remaining = batch.indices + [i for b in pending for i in b.indices]
 
-            def limit(tokens: int, capped: int = capped) -> int:
+            def limit(tokens: int, capped: int = cap) -> int:
                 return min(budget(tokens), capped)
 
             pending = deque(batches_of(remaining, limit))

@@ -77,7 +77,7 @@ def record_outcome(
     state_dir: str | Path, name: str, file: str, error_type: str | None, message: str = ""
 ) -> str | None:
     """Append one finished attempt (error_type None = success) and return the abort reason
-    if this outcome completes a streak of ABORT_AFTER runtime failures."""
+    if this outcome completes a streak of ABORT_AFTER files failing at run time."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     event = {"name": name, "file": file, "error_type": error_type, "message": message}
@@ -89,11 +89,15 @@ def record_outcome(
         log.flush()
         log.seek(0)
         events = [json.loads(line) for line in log if line.strip()]
-        streak = []
+        # failures of distinct files since the last success: the retries of one bad file
+        # are one failure, not a streak
+        streak, files = [], set()
         for past in reversed(events):
             if past["error_type"] is None:
                 break
-            streak.append(past)
+            if past["name"] not in files:
+                files.add(past["name"])
+                streak.append(past)
         if error_type is None or len(streak) < ABORT_AFTER or abort_reason(state_dir):
             return None
         named = "; ".join(

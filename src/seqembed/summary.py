@@ -52,7 +52,6 @@ def summarize(
     planned_load: Mapping[str, int] | None = None,
     aborted: str | None = None,
     since: float | None = None,
-    paths: Mapping[str, str] | None = None,
 ) -> dict:
     """File counts and failures cover every input; speed figures only the files computed in
     this run (started at `since`), so a rerun of one file reports that file's speed, not the
@@ -62,17 +61,7 @@ def summarize(
     done = [r for r in records.values() if r and r["status"] == "done"]
     failed = [_as_failure(r, aborted) for r in records.values() if r and r["status"] != "done"]
     missing = sorted(name for name, r in records.items() if r is None)
-    if aborted and missing:
-        # files the aborted run never started failed for the same reason as the run
-        failed += [
-            {
-                "file": (paths or {}).get(name, name),
-                "error_type": "Aborted",
-                "error_message": f"not started: {aborted}",
-            }
-            for name in missing
-        ]
-        missing = []
+
     computed = [r for r in done if since is None or r["started"] >= since]
     ran = [r for r in computed if r["device"] is not None]  # an empty file ran nowhere
     sequences = sum(r["sequences"] for r in computed)
@@ -177,15 +166,29 @@ def render_table(summary: dict) -> str:
 
 
 def report_run(layout: RunLayout, files: Mapping[str, str], *, aborted: str | None = None) -> dict:
-    """Summarize the records of `names`, write summary.json and failed_files.txt, print the
-    table; the summary rule and the failure handler both end a run here."""
+    """Summarize the records of `files` (name -> input path), write summary.json and
+    failed_files.txt, print the table; the summary rule and the failure handler both end a
+    run here, when no job runs any more: a file with neither embedding nor record failed
+    without a word (its job never started, or died before writing one)."""
     try:
         planned = json.loads(Path(layout.plan_json).read_text())["planned_load"]
     except (OSError, ValueError, KeyError):
         planned = None
-    since = runstate.run_started(layout.state)
     records = read_records(layout.records, list(files))
-    summary = summarize(records, planned, aborted, since, paths=files)
+    for name, record in records.items():
+        if record is None and not Path(layout.embedding(name)).exists():
+            records[name] = {
+                "status": "failed",
+                "file": files[name],
+                "error_type": "Aborted" if aborted else "Missing",
+                "error_message": f"not started: {aborted}"
+                if aborted
+                else (
+                    "no embedding and no record: the job never ran or died before writing "
+                    "one (see Snakemake's log)"
+                ),
+            }
+    summary = summarize(records, planned, aborted, runstate.run_started(layout.state))
     write_summary(summary, layout.summary, layout.failed)
     print(render_table(summary), flush=True)
     return summary
@@ -194,14 +197,20 @@ def report_run(layout: RunLayout, files: Mapping[str, str], *, aborted: str | No
 def exit_code_after_failure(layout: RunLayout, files: Mapping[str, str]) -> int:
     """For Snakemake's onerror handler: write the summary from whatever finished and tell
     the caller's script what happened: 2 some files done and some failed; 1 nothing done,
-    the run was aborted. The reason is the last line printed."""
+    the run was aborted, or every file is done but another step failed. The reason is the
+    last line seqembed prints."""
     summary = report_run(layout, files, aborted=runstate.abort_reason(layout.state))
-    failed = summary["files"]["failed"] + summary["files"]["missing"]
+    counts = summary["files"]
     if summary["aborted"]:
         print(f"seqembed: {summary['aborted']}", flush=True)
         return 1
-    print(
-        f"seqembed: {failed} of {summary['files']['total']} files failed: see {layout.failed}",
-        flush=True,
-    )
-    return 2 if summary["files"]["done"] else 1
+    failed = counts["failed"] + counts["missing"]
+    if not failed:
+        print(
+            f"seqembed: all {counts['total']} files are done, but a workflow step failed: "
+            "see Snakemake's error above",
+            flush=True,
+        )
+        return 1
+    print(f"seqembed: {failed} of {counts['total']} files failed: see {layout.failed}", flush=True)
+    return 2 if counts["done"] else 1

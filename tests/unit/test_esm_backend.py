@@ -94,3 +94,35 @@ def test_fused_attention_matches_fair_esm_to_fp32_rounding(tiny_model, monkeypat
     with torch.no_grad():
         contacts = network(tokens, return_contacts=True)["contacts"]
     assert contacts.shape[0] == 6
+
+
+def test_fused_attention_takes_cudas_non_contiguous_output(tiny_model, monkeypatch):
+    # CUDA's memory-efficient kernel returns (B, H, T, d) as a transposed view of a
+    # (B, T, H, d) buffer; this machine's kernel returns contiguous memory, so the layout is
+    # imitated here (no GPU to run the real one)
+    from seqembed.backends import attention
+
+    fused_kernel = attention.F.scaled_dot_product_attention
+
+    def transposed_layout(*args, **kwargs):
+        out = fused_kernel(*args, **kwargs)
+        return out.transpose(1, 2).contiguous().transpose(1, 2)
+
+    reference = EsmBackend.load(str(tiny_model), device="cpu", precision="fp32", truncation=1022)
+    sequences = ["MKTAYIAKQRQISFVKSHFSRQ", "MKV", "GGGGHHHHWWWWLLLL"]
+    expected = reference.embed(sequences, [3])[3]
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", transposed_layout)
+    assert torch.equal(reference.embed(sequences, [3])[3], expected)
+
+
+def test_rotary_positions_stay_exact_in_bf16(tiny_model):
+    # fair-esm would turn positions into bf16 (0..1023 -> 513 distinct values)
+    from esm.rotary_embedding import RotaryEmbedding
+
+    backend = EsmBackend.load(str(tiny_model), device="cpu", precision="bf16", truncation=1022)
+    rotary = [m for m in backend.network.modules() if isinstance(m, RotaryEmbedding)]
+    assert rotary and all(m.inv_freq.dtype == torch.float32 for m in rotary)
+    backend.embed(["M" * 1000], [3])
+    cos = rotary[0]._cos_cached
+    assert cos.dtype == torch.float32
+    assert len({tuple(row.tolist()) for row in cos[0, 598:603]}) == 5  # five distinct positions

@@ -99,3 +99,30 @@ def test_speed_covers_only_files_computed_in_this_run():
     assert summary["wall_seconds"] == 10.0
     assert summary["sequences_per_s"] == 5.0
     assert summary["devices"]["cuda:0"]["files"] == 1
+
+
+def test_failure_handler_names_missing_files_and_a_failed_step(tmp_path, capsys):
+    from seqembed.layout import RunLayout
+    from seqembed.output import write_json
+    from seqembed.summary import exit_code_after_failure
+
+    layout = RunLayout(str(tmp_path / "results"))
+    files = {"a": "in/a.fasta", "b": "in/b.fasta"}
+    write_json(layout.record("a"), record("a", "cuda:0", 10, 0.0, 1.0))
+    (tmp_path / "results" / "embeddings").mkdir(parents=True)
+    (tmp_path / "results" / "embeddings" / "a.pt").write_bytes(b"")
+
+    # b has neither embedding nor record: its job never ran (say, its environment failed)
+    assert exit_code_after_failure(layout, files) == 2
+    lines = (tmp_path / "results" / "failed_files.txt").read_text().splitlines()
+    assert lines == [
+        "in/b.fasta|Missing|no embedding and no record: the job never ran or died before "
+        "writing one (see Snakemake's log)"
+    ]
+
+    # every file done, yet the run failed (the summary or plan step): not "partial"
+    write_json(layout.record("b"), record("b", "cuda:1", 5, 0.0, 1.0))
+    assert exit_code_after_failure(layout, files) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "seqembed: all 2 files are done, but a workflow step failed: see Snakemake's error above"
+    )

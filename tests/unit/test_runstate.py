@@ -13,6 +13,9 @@ def test_three_runtime_failures_in_a_row_abort_and_a_success_resets(tmp_path):
     assert runstate.record_outcome(state, "b", "b.fa", "Crash", "y") is None
     assert runstate.record_outcome(state, "c", "c.fa", None) is None  # success: streak over
     assert runstate.record_outcome(state, "d", "d.fa", "OOM", "1") is None
+    # the retries of one file are one failure, not a streak
+    assert runstate.record_outcome(state, "d", "d.fa", "OOM", "1") is None
+    assert runstate.record_outcome(state, "d", "d.fa", "OOM", "1") is None
     assert runstate.record_outcome(state, "e", "e.fa", "ModelError", "2") is None
     reason = runstate.record_outcome(state, "f", "f.fa", "Error", "3")
     assert reason == (

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from esm.multihead_attention import MultiheadAttention
+from esm.rotary_embedding import RotaryEmbedding, apply_rotary_pos_emb
 
 
 class FusedSelfAttention(MultiheadAttention):
@@ -56,7 +57,10 @@ class FusedSelfAttention(MultiheadAttention):
         k = split(self.k_proj(query))
         v = split(self.v_proj(query))
         if self.rot_emb:
-            q, k = self.rot_emb(q, k)
+            # the tables in fp32 (see keep_rotary_in_fp32), rounded once to q's precision
+            cos, sin = self.rot_emb._update_cos_sin_tables(k, seq_dimension=-2)
+            cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+            q, k = apply_rotary_pos_emb(q, cos, sin), apply_rotary_pos_emb(k, cos, sin)
         mask = None
         if key_padding_mask is not None:
             # True = may attend; one row per sequence, broadcast over heads and queries
@@ -68,13 +72,26 @@ class FusedSelfAttention(MultiheadAttention):
             attn_mask=mask,
             scale=1.0,  # q is already scaled, as in fair-esm
         )
-        out = out.view(batch * heads, length, head_width).transpose(0, 1)
-        return self.out_proj(out.reshape(length, batch, width)), None
+        # (B, H, T, d) -> (T, B, H*d); CUDA's memory-efficient kernel returns a transposed,
+        # non-contiguous layout, so reshape rather than view
+        out = out.permute(2, 0, 1, 3).reshape(length, batch, width)
+        return self.out_proj(out), None
+
+
+def keep_rotary_in_fp32(network: torch.nn.Module) -> None:
+    """fair-esm builds rotary positions as `arange(T).type_as(inv_freq)`: in a bf16 model
+    positions above 256 are rounded (0..1023 collapse to 513 values), so long sequences get
+    wrong angles. The frequencies stay fp32; the fused attention casts the tables once."""
+    for module in network.modules():
+        if isinstance(module, RotaryEmbedding):
+            module.inv_freq = module.inv_freq.float()
+            module._seq_len_cached = None
 
 
 def use_fused_attention(network: torch.nn.Module) -> int:
     """Switch every fair-esm self-attention module of `network` to the fused kernel in place
-    (weights untouched); returns how many were switched."""
+    (weights untouched), rotary frequencies in fp32; returns how many were switched."""
+    keep_rotary_in_fp32(network)
     switched = 0
     for module in network.modules():
         if type(module) is MultiheadAttention:

@@ -51,13 +51,19 @@ def skipped_weight_init():
             setattr(torch.nn.init, name, function)
 
 
-def load_esm2_direct(path: Path, device: str, dtype: torch.dtype) -> tuple[ESM2, esm.Alphabet]:
+def load_esm2_direct(path: Path) -> tuple[ESM2, esm.Alphabet]:
     """fair-esm's ESM-2 loading without its two avoidable costs: the model is built without
     random initialisation of weights about to be overwritten, and takes the checkpoint's
     tensors as they are (`assign=True`, memory-mapped, no second copy), then moves once to the
     target device and precision. Same architecture, same weights, same
     numbers as esm.pretrained.load_model_and_alphabet_local."""
-    data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    try:
+        data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError as error:
+        if "zipfile" not in str(error) and "mmap" not in str(error):
+            raise
+        # torch's legacy checkpoint format cannot be memory-mapped: read it whole
+        data = torch.load(path, map_location="cpu", weights_only=True)
     state = {CHECKPOINT_PREFIX.sub("", key): value for key, value in data["model"].items()}
     regression = path.with_name(f"{path.stem}-contact-regression.pt")
     if regression.is_file():
@@ -77,12 +83,14 @@ def load_esm2_direct(path: Path, device: str, dtype: torch.dtype) -> tuple[ESM2,
         # contacts are never computed here; fair-esm, too, runs without these weights
         state.setdefault(f"contact_head.regression.{name}", torch.zeros(parameter.shape))
     network.load_state_dict(state, strict=True, assign=True)
-    return network.to(device=device, dtype=dtype), alphabet
+    return network, alphabet
 
 
 def load_esm(model: str, device: str, dtype: torch.dtype) -> tuple[ESM2, esm.Alphabet, str]:
     """A local checkpoint path or a fair-esm hub name (e.g. esm2_t33_650M_UR50D), on
-    `device` in `dtype`, in eval mode."""
+    `device` in `dtype`, in eval mode. What cannot be read or built is a ModelError (the same
+    on any device, not retried); moving it to the device can fail like any GPU work (out of
+    memory, a failing GPU) and is left to the caller's classification."""
     # fair-esm's checkpoints store an argparse.Namespace, which torch.load's weights_only
     # mode (default since torch 2.6) rejects; allow exactly that class
     torch.serialization.add_safe_globals([argparse.Namespace])
@@ -91,9 +99,9 @@ def load_esm(model: str, device: str, dtype: torch.dtype) -> tuple[ESM2, esm.Alp
         if path is not None and not path.is_file():
             raise ModelError(f"model checkpoint not found: {model}")
         if path is not None and path.stem.startswith("esm2"):
-            network, alphabet = load_esm2_direct(path, device, dtype)
-            return network.eval(), alphabet, path.stem
-        if path is not None:  # ESM-1b/1v and friends: fair-esm's own loader
+            network, alphabet = load_esm2_direct(path)
+            name = path.stem
+        elif path is not None:  # ESM-1b/1v and friends: fair-esm's own loader
             network, alphabet = esm.pretrained.load_model_and_alphabet_local(str(path))
             name = path.stem
         elif model.startswith("esm") and hasattr(esm.pretrained, model):
@@ -101,7 +109,6 @@ def load_esm(model: str, device: str, dtype: torch.dtype) -> tuple[ESM2, esm.Alp
             name = model
         else:
             raise ModelError(f"unknown model '{model}': not a file and not a fair-esm hub name")
-        return network.eval().to(device=device, dtype=dtype), alphabet, name
     except ModelError:
         raise
     except Exception as error:  # noqa: BLE001 - any loader failure is one line for the user
@@ -109,6 +116,7 @@ def load_esm(model: str, device: str, dtype: torch.dtype) -> tuple[ESM2, esm.Alp
         raise ModelError(
             f"cannot load model '{model}': {type(error).__name__}: {first_line}"
         ) from error
+    return network.eval().to(device=device, dtype=dtype), alphabet, name
 
 
 class EsmBackend:
@@ -134,7 +142,11 @@ class EsmBackend:
     @classmethod
     def load(cls, model: str, *, device: str, precision: str, truncation: int) -> EsmBackend:
         dtype = PRECISIONS[resolve_precision(precision, device)]
-        if precision == "auto" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        if (
+            precision == "auto"
+            and dtype == torch.bfloat16
+            and not torch.cuda.is_bf16_supported(including_emulation=False)
+        ):
             dtype = torch.float16  # pre-Ampere GPU: no bf16 tensor cores
         network, alphabet, name = load_esm(model, device, dtype)
         use_fused_attention(network)
