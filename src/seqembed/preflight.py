@@ -4,7 +4,6 @@ CUDA context). Each failure is one line saying what is wrong and what to change.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from pathlib import Path
@@ -55,19 +54,12 @@ def check_devices(config: dict, environ=os.environ) -> list[str]:
 
 
 def _checkpoint_problem(path: Path) -> str | None:
-    """Read the checkpoint's structure without materializing its tensors (memory-mapped), so
-    a 15B model is checked in seconds on any node."""
-    import torch
+    """Read the checkpoint's structure the way the jobs will, without materializing its
+    tensors, so a 15B model is checked in seconds on any node."""
+    from seqembed.backends.esm import read_checkpoint
 
-    torch.serialization.add_safe_globals([argparse.Namespace])
     try:
-        try:
-            data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except RuntimeError as error:
-            if "zipfile" not in str(error) and "mmap" not in str(error):
-                raise
-            # a checkpoint in torch's legacy format cannot be memory-mapped: read it whole
-            data = torch.load(path, map_location="cpu", weights_only=True)
+        data = read_checkpoint(path)
     except Exception as error:  # noqa: BLE001 - any reason means "not loadable"
         summary = " ".join(str(error).split())[:160]
         return f"{path} cannot be read as a torch checkpoint ({type(error).__name__}: {summary})"

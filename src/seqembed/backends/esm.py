@@ -35,6 +35,19 @@ def checkpoint_path(model: str) -> Path | None:
     return cached if cached.is_file() else None
 
 
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint memory-mapped: its tensors are read from disk when used, not first
+    copied into memory, so even a 15B file opens in a moment."""
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError as error:
+        if "zipfile" not in str(error) and "mmap" not in str(error):
+            raise
+        # torch's legacy checkpoint format cannot be memory-mapped: read it whole
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 @contextlib.contextmanager
 def skipped_weight_init():
     """Build modules with uninitialised (never touched, so never paged-in) weights. Not the
@@ -57,13 +70,7 @@ def load_esm2_direct(path: Path) -> tuple[ESM2, esm.Alphabet]:
     tensors as they are (`assign=True`, memory-mapped, no second copy), then moves once to the
     target device and precision. Same architecture, same weights, same
     numbers as esm.pretrained.load_model_and_alphabet_local."""
-    try:
-        data = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError as error:
-        if "zipfile" not in str(error) and "mmap" not in str(error):
-            raise
-        # torch's legacy checkpoint format cannot be memory-mapped: read it whole
-        data = torch.load(path, map_location="cpu", weights_only=True)
+    data = read_checkpoint(path)
     state = {CHECKPOINT_PREFIX.sub("", key): value for key, value in data["model"].items()}
     regression = path.with_name(f"{path.stem}-contact-regression.pt")
     if regression.is_file():
