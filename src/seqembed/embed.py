@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from seqembed import faults, runstate
-from seqembed.backends import ModelError
+from seqembed.backends import ModelError, backend_class, load_backend
 from seqembed.batching import CPU_TOKS_PER_BATCH, MemoryModel, fixed_budget, memory_budget
 from seqembed.devices import DeviceError, claim_device, cuda_env_for, resolve_pool, torch_device_for
 from seqembed.fasta import InputError, read_fasta
@@ -111,8 +111,6 @@ def _remove_stale_temporaries(output: str) -> None:
 
 def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
     """Embed one file and write its output and record; returns the record."""
-    from seqembed.backends import backend_class, load_backend
-
     started = time.time()
     config = job.config
     records = read_fasta(job.fasta, backend_class(config["model"]).alphabet)
