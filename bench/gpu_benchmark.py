@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from seqembed.backends.esm import EsmBackend, load_esm  # noqa: E402
 from seqembed.batching import fixed_budget, make_batches  # noqa: E402
-from seqembed.demo import random_protein, read_length  # noqa: E402
+from seqembed.demo import random_protein, read_length, save_esm2_checkpoint  # noqa: E402
 from seqembed.embed import batch_budget  # noqa: E402
 from seqembed.fasta import FastaRecords  # noqa: E402
 from seqembed.runner import embed_all  # noqa: E402
@@ -65,29 +65,13 @@ def matmul_peak_tflops(device: str, dtype: torch.dtype, size: int, seconds: floa
 def write_checkpoint(folder: Path, shape: tuple[int, int, int], device: str) -> Path:
     """fair-esm's checkpoint layout, weights initialised on the target device (fast) and
     stored in fp16."""
-    import argparse as arguments
-
     from esm.model.esm2 import ESM2
 
     layers, width, heads = shape
     with torch.device(device):
         network = ESM2(num_layers=layers, embed_dim=width, attention_heads=heads)
-    state = {k: v.half().cpu() for k, v in network.state_dict().items()}
-    regression = {k: state.pop(k) for k in list(state) if k.startswith("contact_head.regression")}
-    encoder = {
-        (f"encoder.{k}" if k.startswith("lm_head.") else f"encoder.sentence_encoder.{k}"): v
-        for k, v in state.items()
-    }
-    cfg = arguments.Namespace(
-        encoder_layers=layers,
-        encoder_embed_dim=width,
-        encoder_attention_heads=heads,
-        token_dropout=True,
-    )
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"esm2_t{layers}_{width}D_bench.pt"
-    torch.save({"model": encoder, "cfg": {"model": cfg}}, path)
-    torch.save({"model": regression}, folder / f"{path.stem}-contact-regression.pt")
+    save_esm2_checkpoint(network, path, dtype=torch.float16)
     del network
     if device.startswith("cuda"):
         torch.cuda.empty_cache()

@@ -18,6 +18,32 @@ from pathlib import Path
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 
 
+def save_esm2_checkpoint(network, path: Path, dtype=None) -> Path:
+    """`network` (an esm ESM2) as fair-esm publishes its checkpoints: `path` plus its
+    `-contact-regression.pt`, with the released key prefixes, which fair-esm's loader strips
+    again. The file name must start with "esm2": that is how fair-esm tells the architecture."""
+    import torch
+
+    state = {
+        k: (v if dtype is None else v.to(dtype)).cpu() for k, v in network.state_dict().items()
+    }
+    regression = {k: state.pop(k) for k in list(state) if k.startswith("contact_head.regression.")}
+    encoder = {
+        (f"encoder.{k}" if k.startswith("lm_head.") else f"encoder.sentence_encoder.{k}"): v
+        for k, v in state.items()
+    }
+    cfg = argparse.Namespace(
+        encoder_layers=network.num_layers,
+        encoder_embed_dim=network.embed_dim,
+        encoder_attention_heads=network.attention_heads,
+        token_dropout=network.token_dropout,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": encoder, "cfg": {"model": cfg}}, path)
+    torch.save({"model": regression}, path.with_name(f"{path.stem}-contact-regression.pt"))
+    return path
+
+
 def write_tiny_esm2(
     folder: str | Path, *, layers: int = 4, dim: int = 64, heads: int = 4, seed: int = 0
 ) -> Path:
@@ -29,27 +55,7 @@ def write_tiny_esm2(
     network = esm.model.esm2.ESM2(
         num_layers=layers, embed_dim=dim, attention_heads=heads, alphabet="ESM-1b"
     )
-    state = network.state_dict()
-    regression = {k: v for k, v in state.items() if k.startswith("contact_head.regression.")}
-    # the prefixes of the released checkpoints, which fair-esm's loader strips again
-    encoder = {
-        (f"encoder.{k}" if k.startswith("lm_head.") else f"encoder.sentence_encoder.{k}"): v
-        for k, v in state.items()
-        if k not in regression
-    }
-    cfg = argparse.Namespace(
-        encoder_layers=layers,
-        encoder_embed_dim=dim,
-        encoder_attention_heads=heads,
-        token_dropout=True,
-    )
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    # a file name starting with "esm2" is how fair-esm tells an ESM-2 checkpoint
-    path = folder / f"esm2_t{layers}_{dim}D_demo_random.pt"
-    torch.save({"model": encoder, "cfg": {"model": cfg}}, path)
-    torch.save({"model": regression}, folder / f"{path.stem}-contact-regression.pt")
-    return path
+    return save_esm2_checkpoint(network, Path(folder) / f"esm2_t{layers}_{dim}D_demo_random.pt")
 
 
 def random_protein(rng: random.Random, length: int) -> str:

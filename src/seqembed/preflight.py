@@ -74,8 +74,10 @@ def check_model(model: str) -> str:
     import esm
     import torch
 
-    path = Path(model).expanduser()
-    if path.suffix == ".pt" or path.exists():
+    from seqembed.backends.esm import checkpoint_path, hub_checkpoint
+
+    path = checkpoint_path(model)
+    if path is not None and path != hub_checkpoint(model):
         if not path.is_file():
             raise PreflightError(f"model checkpoint not found: {model}")
         if not path.stem.startswith("esm"):
@@ -92,7 +94,7 @@ def check_model(model: str) -> str:
             f"unknown model '{model}': not a file and not a fair-esm hub name "
             "(e.g. esm2_t33_650M_UR50D)"
         )
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    checkpoints = hub_checkpoint(model).parent
     wanted = {f"{model}.pt": f"{HUB_URL}/models/{model}.pt"}
     if "esm1v" not in model:
         wanted[f"{model}-contact-regression.pt"] = (

@@ -31,8 +31,13 @@ def checkpoint_path(model: str) -> Path | None:
     path = Path(model).expanduser()
     if path.suffix == ".pt" or path.exists():
         return path
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / f"{model}.pt"
+    cached = hub_checkpoint(model)
     return cached if cached.is_file() else None
+
+
+def hub_checkpoint(model: str) -> Path:
+    """Where torch's hub cache keeps (or will keep) a hub model's checkpoint."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / f"{model}.pt"
 
 
 def read_checkpoint(path: Path) -> dict:
