@@ -1,6 +1,7 @@
 import _seqembed_path  # noqa: F401
 
 from seqembed.devices import resolve_pool
+from seqembed.output import write_json
 from seqembed.plan import make_plan, write_plan
 
 snakemake = snakemake  # noqa: F821 - provided by Snakemake
@@ -9,3 +10,4 @@ pool = resolve_pool(config["device"], config["gpus"], config["cpu_slots"])
 files = dict(zip(snakemake.params.names, snakemake.input, strict=True))
 rows, overview = make_plan(files, pool)
 write_plan(rows, overview, snakemake.output.tsv, snakemake.output.overview)
+write_json(snakemake.log[0], overview)  # the rule's log: what was planned and how well

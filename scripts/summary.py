@@ -1,7 +1,9 @@
 import _seqembed_path  # noqa: F401
 
 from seqembed.layout import RunLayout
-from seqembed.summary import report_run
+from seqembed.output import write_text
+from seqembed.summary import render_table, report_run
 
 snakemake = snakemake  # noqa: F821 - provided by Snakemake
-report_run(RunLayout(snakemake.config["output_dir"]), dict(snakemake.params.files))
+summary = report_run(RunLayout(snakemake.config["output_dir"]), dict(snakemake.params.files))
+write_text(snakemake.log[0], render_table(summary) + "\n")  # the table, also kept
