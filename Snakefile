@@ -10,7 +10,7 @@ from pathlib import Path
 # The package lives next to this file; no installation needed to run from a clone.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from seqembed import runstate
+from seqembed import runstate, view
 from seqembed.config import ConfigError, check_writable, input_files, validate_config
 from seqembed.devices import resolve_pool, slots_warning
 from seqembed.layout import RunLayout
@@ -32,6 +32,7 @@ try:
     check_writable(config["output_dir"])
 except ConfigError as error:
     sys.exit(f"seqembed: {error}")
+view.configure(config["verbosity"])
 
 LAYOUT = RunLayout(config["output_dir"])
 
@@ -63,17 +64,28 @@ onstart:
         sys.exit(f"seqembed: pre-flight failed: {failure}")
     # a fresh run: earlier failures no longer count towards an abort, speed is measured anew
     runstate.reset(LAYOUT.state, scheduler_pid=os.getpid())
+    pool = resolve_pool(config["device"], config["gpus"], config["cpu_slots"])
     warning = slots_warning(
         workflow.global_resources.get("gpu").value,
         workflow.global_resources.get("_cores").value,
-        resolve_pool(config["device"], config["gpus"], config["cpu_slots"]),
+        pool,
     )
     if warning:
         print(f"seqembed: warning: {warning}", file=sys.stderr)
+    # the view lists this host's devices; on a cluster it learns the nodes' from the jobs
+    view.attach(
+        view.RunInfo(
+            LAYOUT.state,
+            files_total=len(FILES),
+            devices=tuple(pool) if workflow.local_exec else (),
+            verbosity=config["verbosity"],
+        )
+    )
 
 
 # With keep-going, the summary rule does not run once a job failed: the same summary is
 # written here, and the exit code says what happened (sys.exit in a handler is how Snakemake
 # lets a workflow choose it; its locks are still released).
 onerror:
+    view.detach()
     sys.exit(exit_code_after_failure(LAYOUT, FILES))

@@ -1,7 +1,8 @@
-"""One embed job: one FASTA file in, one embedding file and one record out.
+"""One embed job: one FASTA file in, one embedding file and one record out (the failure
+semantics around it are in seqembed.attempts).
 
-Order matters: the abort flag and the input are checked before a device is claimed or a
-model loaded, so a bad file or an aborted run costs seconds, not a model load.
+Order matters: the input is checked before a device is claimed or a model loaded, so a bad
+file costs seconds, not a model load.
 """
 
 from __future__ import annotations
@@ -14,20 +15,20 @@ import resource
 import socket
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from seqembed import faults, runstate
-from seqembed.backends import ModelError, backend_class, load_backend
+from seqembed import faults
+from seqembed.backends import backend_class, load_backend
 from seqembed.batching import CPU_TOKS_PER_BATCH, MemoryModel, fixed_budget, memory_budget
-from seqembed.devices import DeviceError, claim_device, cuda_env_for, resolve_pool, torch_device_for
-from seqembed.fasta import InputError, read_fasta
+from seqembed.devices import claim_device, cuda_env_for, resolve_pool, torch_device_for
+from seqembed.fasta import read_fasta
 from seqembed.output import embedding_payload, write_atomically, write_json
 from seqembed.plan import planned_device
-from seqembed.runner import SequenceTooLarge, embed_all
+from seqembed.progress import JobProgress, view_is_on
+from seqembed.runner import embed_all
 
 
 @dataclass(frozen=True)
@@ -42,22 +43,6 @@ class EmbedJob:
     state_dir: str
     threads: int = 1
     attempt: int = 1
-
-
-class Aborted(Exception):
-    """The run was aborted by earlier failures; this file was not attempted."""
-
-
-#: error type for failed_files.txt; whether it counts towards the systemic abort (input
-#: problems say nothing about the model, driver or node); whether a retry would fail the
-#: same way, so that the retry repeats the verdict instead of loading the model again
-ERROR_TYPES = {
-    InputError: ("InputError", False, True),
-    Aborted: ("Aborted", False, True),
-    ModelError: ("ModelError", True, True),
-    SequenceTooLarge: ("OOM", True, True),
-    DeviceError: ("DeviceError", True, False),
-}
 
 
 def say(config: dict, level: str, message: str) -> None:
@@ -84,22 +69,22 @@ def batch_budget(toks_per_batch, backend, layers: list[int], torch_device: str):
     return memory_budget(free_bytes, memory)
 
 
-def _read_record(path: str) -> dict | None:
+def read_record(path: str) -> dict | None:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
 
 
-def _last_attempt_path(job: EmbedJob) -> Path:
+def last_attempt_path(job: EmbedJob) -> Path:
     # Snakemake deletes a job's log (the record) before each attempt, so the retry learns
     # what happened to the attempt before it from this copy
     return Path(job.state_dir) / "attempts" / f"{job.name}.json"
 
 
-def _write_record(job: EmbedJob, record: dict) -> None:
+def write_record(job: EmbedJob, record: dict) -> None:
     write_json(job.record, record)
-    write_json(_last_attempt_path(job), record)
+    write_json(last_attempt_path(job), record)
 
 
 def _remove_stale_temporaries(output: str) -> None:
@@ -116,6 +101,10 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
     records = read_fasta(job.fasta, backend_class(config["model"]).alphabet)
     lengths = [len(sequence) for sequence in records.sequences]
     _remove_stale_temporaries(job.output)
+    progress = JobProgress(
+        job.state_dir, job.name, file=job.fasta, attempt=job.attempt, total=len(lengths)
+    )
+    progress.update(status="waiting")
 
     planned = planned_device(job.plan_path, job.name)
     if lengths:
@@ -125,7 +114,11 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
             holder=job.name,
             prefer=[planned] if planned else [],
             avoid=avoid,
-            on_wait=lambda: say(config, "normal", f"{job.name}: waiting for a free device"),
+            on_wait=lambda: say(
+                config,
+                "verbose" if view_is_on() else "normal",
+                f"{job.name}: waiting for a free device",
+            ),
         )
         label = claim.label
     else:
@@ -146,7 +139,8 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
         base["claimed"] = time.time()
         # until this is replaced, a crash of this process leaves "running" behind: the retry
         # reads it to avoid the device, the summary to name the crash
-        _write_record(job, {**base, "status": "running"})
+        write_record(job, {**base, "status": "running"})
+        progress.update(status="running", device=base["device"])
         os.environ.update(cuda_env_for(label))
         torch_device = torch_device_for(label)
         import torch
@@ -172,6 +166,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
             batch_budget(config["toks_per_batch"], backend, layers, torch_device),
             truncation=config["truncation"],
             progress=lambda message: say(config, "verbose", f"{job.name}: {message}"),
+            advanced=progress.advance,
         )
         compute_seconds = time.time() - compute_started
 
@@ -215,111 +210,13 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
         "wall_seconds": finished - started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    _write_record(job, record)
+    write_record(job, record)
+    progress.update(status="done", done=len(lengths))
     say(
         config,
-        "normal",
+        # a view shows the files as they finish; without one, this line is the news
+        "verbose" if view_is_on() else "normal",
         f"{job.name}: {len(lengths)} sequences on {record['device']} in "
         f"{finished - started:.1f} s (model load {model_load_seconds:.1f} s)",
     )
     return record
-
-
-def _classify(error: BaseException) -> tuple[str, bool, bool, str]:
-    """error type, counts towards the abort, deterministic, one-line message"""
-    message = " ".join(str(error).split())
-    for kind, (error_type, runtime, deterministic) in ERROR_TYPES.items():
-        if isinstance(error, kind):
-            return error_type, runtime, deterministic, message
-    if type(error).__name__ == "OutOfMemoryError":
-        # outside the batch loop (moving the model to a busy GPU): another device may do
-        return "OOM", True, False, message
-    # a bug, a failing GPU or an unforeseen library error: keep the traceback for whoever
-    # debugs it, and let the retry try another device
-    traceback.print_exc()
-    return "Error", True, False, f"{type(error).__name__}: {message}"
-
-
-def run_or_record_failure(job: EmbedJob) -> dict:
-    """Run the job with the failure semantics of a run: every failure leaves a record (the
-    rule's log, which Snakemake keeps after a failure) and one line naming the file, and
-    exits non-zero so Snakemake retries or gives up on this file while the others go on."""
-    previous = _read_record(_last_attempt_path(job))
-    retry_of = previous if previous and previous.get("attempt", 0) < job.attempt else None
-    history = list((retry_of or {}).get("previous_attempts", []))
-    avoid: list[str] = []
-    completed_streak = False  # this job's outcome aborts the run: it stops the scheduler
-    try:
-        if retry_of and retry_of["status"] == "running":
-            # the previous attempt of this run died without a word: killed, segfault, node
-            crash = f"attempt {retry_of['attempt']} ended without a result on {retry_of['device']}"
-            retry_of = {**retry_of, "error_type": "Crash", "error_message": crash}
-            completed_streak = bool(
-                runstate.record_outcome(job.state_dir, job.name, job.fasta, "Crash", crash)
-            )
-        if retry_of:
-            history.append(_attempt(retry_of))
-            if retry_of.get("deterministic"):
-                _fail(job, history, retry_of["error_type"], retry_of["error_message"], True)
-            avoid = [retry_of["device"]] if retry_of.get("device") else []
-        reason = runstate.abort_reason(job.state_dir)
-        if reason:
-            raise Aborted(reason)
-        record = run_embed_job(job, avoid=avoid)
-    except SystemExit:
-        raise
-    except Exception as error:  # noqa: BLE001 - every failure must leave a record
-        error_type, runtime, deterministic, message = _classify(error)
-        if runtime and runstate.record_outcome(
-            job.state_dir, job.name, job.fasta, error_type, message
-        ):
-            completed_streak = True
-        _fail(job, history, error_type, message, deterministic, stop_run=completed_streak)
-    if history:
-        record["previous_attempts"] = history
-        _write_record(job, record)
-    runstate.record_outcome(job.state_dir, job.name, job.fasta, None)
-    return record
-
-
-def _attempt(record: dict) -> dict:
-    return {
-        "attempt": record["attempt"],
-        "device": record.get("device"),
-        "error_type": record["error_type"],
-        "error_message": record["error_message"],
-    }
-
-
-def _fail(
-    job: EmbedJob,
-    history: list[dict],
-    error_type: str,
-    message: str,
-    deterministic: bool,
-    stop_run: bool = False,
-):
-    # the device this attempt had claimed, from its "running" record, so a retry avoids it
-    current = _read_record(_last_attempt_path(job)) or {}
-    device = current.get("device") if current.get("attempt") == job.attempt else None
-    _write_record(
-        job,
-        {
-            "status": "failed",
-            "name": job.name,
-            "file": job.fasta,
-            "attempt": job.attempt,
-            "device": device,
-            "host": socket.gethostname(),
-            "error_type": error_type,
-            "error_message": message,
-            "deterministic": deterministic,
-            "previous_attempts": history,
-            "finished": time.time(),
-        },
-    )
-    if stop_run:
-        # after the record is safe: stopping the scheduler ends this job too
-        runstate.stop_scheduler(job.state_dir)
-    where = "" if job.fasta in message else f"{job.fasta}: "
-    raise SystemExit(f"seqembed: {error_type}: {where}{message}")

@@ -6,7 +6,9 @@ the test suite sets; Snakemake passes the environment on to its local jobs. Keys
 - "oom_above_tokens": N - a batch of more than N padded tokens raises torch.OutOfMemoryError
   exactly where a CUDA allocation would, before the forward pass;
 - "pause_before_rename": {"name": NAME, "attempt": K} - the job for NAME, on attempt K,
-  writes its temporary output and then sleeps, so a test can kill it mid-write.
+  writes its temporary output and then sleeps, so a test can kill it mid-write;
+- "seconds_per_batch": S - every batch takes S seconds longer, as on a slow device, so a
+  test sees jobs halfway through their files.
 """
 
 from __future__ import annotations
@@ -41,3 +43,9 @@ def maybe_pause_before_rename(name: str, attempt: int) -> None:
     pause = _faults().get("pause_before_rename")
     if pause and pause.get("name") == name and pause.get("attempt", 1) == attempt:
         time.sleep(3600)
+
+
+def maybe_slow_batch() -> None:
+    seconds = _faults().get("seconds_per_batch")
+    if seconds:
+        time.sleep(seconds)

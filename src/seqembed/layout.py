@@ -30,6 +30,10 @@ class RunLayout:
         return self._path("summary.json")
 
     @property
+    def timeline(self) -> str:
+        return self._path("timeline.png")
+
+    @property
     def failed(self) -> str:
         return self._path("failed_files.txt")
 

@@ -8,7 +8,7 @@ that does not fit alone fails the file.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,12 +67,17 @@ def embed_all(
     *,
     truncation: int,
     progress: Callable[[str], None] = lambda message: None,
+    advanced: Callable[[int], None] = lambda sequences_done: None,
 ) -> EmbedResult:
+    """`progress` gets a line per batch (verbose output); `advanced` the sequences of the
+    file done so far, copies of identical sequences included."""
     import torch
 
     lengths = [len(sequence) for sequence in records.sequences]
     tokens_of = [min(n, truncation) + backend.extra_tokens for n in lengths]
     unique, source = first_occurrences(records.sequences, truncation)
+    copies = Counter(source)
+    sequences_done = 0
 
     def batches_of(indices: list[int], limit: Callable[[int], int]) -> list[Batch]:
         local = make_batches(
@@ -99,6 +104,7 @@ def embed_all(
         try:
             faults.maybe_raise_oom(batch.computed_tokens)
             embedded = backend.embed([records.sequences[i] for i in batch.indices], layers)
+            faults.maybe_slow_batch()
         except Exception as error:
             if not _is_out_of_memory(error):
                 raise
@@ -130,6 +136,8 @@ def embed_all(
             pooled[layer][index] = embedded[layer]
         result.batches += 1
         result.computed_tokens += batch.computed_tokens
+        sequences_done += sum(copies[i] for i in batch.indices)
+        advanced(sequences_done)
         progress(
             f"batch {result.batches}: {len(batch.indices)} sequences x {batch.padded_length} "
             f"tokens, {len(pending)} batches left"

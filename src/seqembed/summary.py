@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 
 from seqembed import runstate
 from seqembed.layout import RunLayout
 from seqembed.output import write_json, write_text
+from seqembed.timeline import draw_timeline
+
+#: summary.json's layout, documented field by field in workflow/schemas/summary.schema.yaml
+SCHEMA_VERSION = 1
 
 
 def read_records(records_dir: str | os.PathLike, names: list[str]) -> dict[str, dict | None]:
@@ -73,11 +77,18 @@ def summarize(
         (r["started"] for r in computed), default=0
     )
     devices: dict[str, dict] = defaultdict(
-        lambda: {"files": 0, "sequences": 0, "residues": 0, "busy_seconds": 0.0}
+        lambda: {
+            "files": 0,
+            "files_on_planned_device": 0,
+            "sequences": 0,
+            "residues": 0,
+            "busy_seconds": 0.0,
+        }
     )
     for record in ran:
         device = devices[record["device"]]
         device["files"] += 1
+        device["files_on_planned_device"] += record.get("planned_device") == record["device"]
         device["sequences"] += record["sequences"]
         device["residues"] += record["residues"]
         device["busy_seconds"] += record["finished"] - record["claimed"]
@@ -85,6 +96,7 @@ def summarize(
         device.update(_rates(device["sequences"], device["residues"], device["busy_seconds"]))
         device["planned_residues"] = (planned_load or {}).get(name)
     return {
+        "schema_version": SCHEMA_VERSION,
         "aborted": aborted,
         "files": {
             "total": len(records),
@@ -92,6 +104,7 @@ def summarize(
             "failed": len(failed),
             "missing": len(missing),
             "computed_this_run": len(computed),
+            "skipped": len(done) - len(computed),
         },
         "missing": missing,
         "sequences": sequences,
@@ -104,6 +117,7 @@ def summarize(
         "model_load_share": load / busy if busy > 0 else None,
         "padding_efficiency": sum(r["real_tokens"] for r in computed) / tokens if tokens else None,
         "devices": dict(sorted(devices.items())),
+        "failures_by_type": dict(sorted(Counter(r["error_type"] for r in failed).items())),
         "failures": [
             {"file": r["file"], "error_type": r["error_type"], "error_message": r["error_message"]}
             for r in failed
@@ -134,11 +148,11 @@ def render_table(summary: dict) -> str:
     """The table printed at the end of a run, as plain text (fits 100 columns)."""
     files = summary["files"]
     lines = [
-        f"seqembed: {files['done']}/{files['total']} files done, {files['failed']} failed, "
-        f"{files['missing']} missing; this run computed {files['computed_this_run']} in "
-        f"{_number(summary['wall_seconds'])} s",
-        f"{'device':<12}{'files':>7}{'sequences':>12}{'residues':>14}{'seq/s':>11}"
-        f"{'res/s':>13}{'time s':>10}",
+        f"seqembed: {files['done']}/{files['total']} files done ({files['skipped']} were up to "
+        f"date), {files['failed']} failed, {files['missing']} missing; this run computed "
+        f"{files['computed_this_run']} in {_number(summary['wall_seconds'])} s",
+        f"{'device':<12}{'files':>7}{'sequences':>12}{'residues':>14}{'planned':>14}"
+        f"{'seq/s':>10}{'res/s':>12}{'busy s':>9}",
     ]
     rows = [(name, d) for name, d in summary["devices"].items()]
     # the total row's time is the run's wall time, as its rates are
@@ -146,13 +160,16 @@ def render_table(summary: dict) -> str:
         **summary,
         "files": files["computed_this_run"],
         "busy_seconds": summary["wall_seconds"],
+        "planned_residues": None,
     }
     rows.append(("total", total))
     for name, d in rows:
+        planned = d.get("planned_residues")
         lines.append(
             f"{name:<12}{d['files']:>7}{d['sequences']:>12,}{d['residues']:>14,}"
-            f"{_number(d['sequences_per_s']):>11}{_number(d['residues_per_s'], 0):>13}"
-            f"{_number(d['busy_seconds']):>10}"
+            f"{'-' if planned is None else f'{planned:,}':>14}"
+            f"{_number(d['sequences_per_s']):>10}{_number(d['residues_per_s'], 0):>12}"
+            f"{_number(d['busy_seconds']):>9}"
         )
     share = summary["model_load_share"]
     padding = summary["padding_efficiency"]
@@ -162,14 +179,18 @@ def render_table(summary: dict) -> str:
         f"{'-' if padding is None else f'{padding:.1%}'}; truncated sequences "
         f"{summary['truncated_sequences']}"
     )
+    if summary["failures_by_type"]:
+        counts = ", ".join(f"{kind} {n}" for kind, n in summary["failures_by_type"].items())
+        lines.append(f"failures by type: {counts}")
     return "\n".join(lines)
 
 
 def report_run(layout: RunLayout, files: Mapping[str, str], *, aborted: str | None = None) -> dict:
-    """Summarize the records of `files` (name -> input path), write summary.json and
-    failed_files.txt, print the table; the summary rule and the failure handler both end a
-    run here, when no job runs any more: a file with neither embedding nor record failed
-    without a word (its job never started, or died before writing one)."""
+    """Summarize the records of `files` (name -> input path), write summary.json,
+    failed_files.txt and the timeline picture, print the table; the summary rule and the
+    failure handler both end a run here, when no job runs any more: a file with neither
+    embedding nor record failed without a word (its job never started, or died before
+    writing one)."""
     try:
         planned = json.loads(Path(layout.plan_json).read_text())["planned_load"]
     except (OSError, ValueError, KeyError):
@@ -188,8 +209,13 @@ def report_run(layout: RunLayout, files: Mapping[str, str], *, aborted: str | No
                     "one (see Snakemake's log)"
                 ),
             }
-    summary = summarize(records, planned, aborted, runstate.run_started(layout.state))
+    since = runstate.run_started(layout.state)
+    summary = summarize(records, planned, aborted, since)
     write_summary(summary, layout.summary, layout.failed)
+    try:
+        draw_timeline(records, summary, layout.timeline, since)
+    except Exception as error:  # noqa: BLE001 - a picture must not cost the run its summary
+        print(f"seqembed: warning: no timeline picture: {error}", flush=True)
     print(render_table(summary), flush=True)
     return summary
 

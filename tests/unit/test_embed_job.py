@@ -10,9 +10,10 @@ import torch
 from conftest import REPO
 from reference import reference_embeddings
 
+from seqembed.attempts import run_or_record_failure
 from seqembed.backends.esm import PROTEIN_ALPHABET
 from seqembed.config import validate_config
-from seqembed.embed import EmbedJob, run_embed_job, run_or_record_failure
+from seqembed.embed import EmbedJob, run_embed_job
 from seqembed.fasta import read_fasta
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"

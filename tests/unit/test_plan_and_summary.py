@@ -66,6 +66,7 @@ def test_summary_totals_rates_devices_and_failures():
         "failed": 1,
         "missing": 1,
         "computed_this_run": 3,
+        "skipped": 0,
     }
     assert summary["missing"] == ["e"]
     assert summary["sequences"] == 180 and summary["residues"] == 18_000
@@ -77,9 +78,11 @@ def test_summary_totals_rates_devices_and_failures():
     assert summary["devices"]["cuda:1"]["busy_seconds"] == 6.0
     assert summary["devices"]["cuda:1"]["sequences_per_s"] == 80 / 6.0
     assert summary["devices"]["cuda:0"]["planned_residues"] == 10_000
+    assert summary["failures_by_type"] == {"InputError": 1}
     assert failed_lines(summary) == ["in/d.fasta|InputError|in/d.fasta: line 3: bad / char"]
     table = render_table(summary)
-    assert "3/5 files done, 1 failed, 1 missing" in table
+    assert "3/5 files done (0 were up to date), 1 failed, 1 missing" in table
+    assert "failures by type: InputError 1" in table
     assert all(len(line) <= 100 for line in table.splitlines())
 
 
@@ -96,6 +99,7 @@ def test_speed_covers_only_files_computed_in_this_run():
     }
     summary = summarize(records, since=4000.0)
     assert summary["files"]["done"] == 2 and summary["files"]["computed_this_run"] == 1
+    assert summary["files"]["skipped"] == 1
     assert summary["wall_seconds"] == 10.0
     assert summary["sequences_per_s"] == 5.0
     assert summary["devices"]["cuda:0"]["files"] == 1

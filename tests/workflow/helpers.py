@@ -96,5 +96,15 @@ def assert_embeddings_correct(workdir: Path, model: Path, names: list[str]) -> N
         assert difference <= 1e-5, (name, difference)
 
 
+def summary_checked(workdir: Path) -> dict:
+    """summary.json, validated against its documented schema."""
+    import jsonschema
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "summary.schema.yaml").read_text())
+    summary = json.loads((workdir / "results" / "summary.json").read_text())
+    jsonschema.validate(summary, schema)
+    return summary
+
+
 def record(workdir: Path, name: str) -> dict:
     return json.loads((workdir / "results" / "records" / f"{name}.json").read_text())

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import NAMES, jobs_to_run, make_workdir, mtimes, snakemake
+from helpers import NAMES, jobs_to_run, make_workdir, mtimes, snakemake, summary_checked
 from reference import reference_embeddings
 
 from seqembed.backends.esm import PROTEIN_ALPHABET
@@ -25,7 +25,11 @@ pytestmark = pytest.mark.workflow
 def finished_run(tmp_path_factory, tiny_model):
     """One complete run; tests that change things work on a copy of it."""
     workdir = make_workdir(tmp_path_factory.mktemp("run"), tiny_model)
-    result = snakemake(workdir)
+    # the profile's live view, output not a terminal: a status block every second; batches
+    # made slower so that the view sees jobs halfway through their files
+    result = snakemake(
+        workdir, "--logger-seqembed-interval", "1", faults={"seconds_per_batch": 0.4}
+    )
     return workdir, result
 
 
@@ -64,7 +68,7 @@ def test_run_writes_correct_embeddings_plan_and_summary(finished_run, tiny_model
     records = read_records(out / "records", NAMES)
     assert all(record["status"] == "done" for record in records.values())
     assert {record["device"] for record in records.values()} <= {"cpu:0", "cpu:1"}
-    summary = json.loads((out / "summary.json").read_text())
+    summary = summary_checked(workdir)
     planned = json.loads((out / "plan.json").read_text())["planned_load"]
     since = json.loads((out / ".seqembed" / "run" / "started.json").read_text())["started"]
     recomputed = summarize(records, planned, None, since)
@@ -75,17 +79,62 @@ def test_run_writes_correct_embeddings_plan_and_summary(finished_run, tiny_model
         "failed": 0,
         "missing": 0,
         "computed_this_run": 4,
+        "skipped": 0,
     }
-    assert summary["sequences"] == sum(r["sequences"] for r in records.values())
-    assert sum(d["sequences"] for d in summary["devices"].values()) == summary["sequences"]
+    # the figures, recomputed here from the per-file records
+    done = list(records.values())
+    assert summary["sequences"] == sum(r["sequences"] for r in done)
+    assert summary["residues"] == sum(r["residues"] for r in done)
+    wall = max(r["finished"] for r in done) - min(r["started"] for r in done)
+    assert summary["wall_seconds"] == pytest.approx(wall)
+    assert summary["residues_per_s"] == pytest.approx(summary["residues"] / wall)
+    load = sum(r["model_load_seconds"] for r in done)
+    busy = sum(r["finished"] - r["claimed"] for r in done)
+    assert summary["model_load_share"] == pytest.approx(load / busy)
+    padding = sum(r["real_tokens"] for r in done) / sum(r["computed_tokens"] for r in done)
+    assert summary["padding_efficiency"] == pytest.approx(padding)
+    for device, figures in summary["devices"].items():
+        on_device = [r for r in done if r["device"] == device]
+        assert figures["files"] == len(on_device)
+        assert figures["residues"] == sum(r["residues"] for r in on_device)
+        assert figures["busy_seconds"] == pytest.approx(
+            sum(r["finished"] - r["claimed"] for r in on_device)
+        )
+        assert figures["planned_residues"] == planned[device]
+    assert summary["failures_by_type"] == {} and summary["failures"] == []
     assert summary["truncated_sequences"] == 2  # the two long sequences in delta
     assert (out / "failed_files.txt").read_text() == ""
     assert "4/4 files done" in result.stdout + result.stderr
     # plain snakemake picks up the workflow profile (keep-going and friends)
     assert "Using workflow specific profile" in result.stdout + result.stderr
-    # the largest file starts first: its job is the first embed job in the log
-    first_embed = re.search(r"rule embed:\n(?:.*\n){0,6}?\s+wildcards: name=(\w+)", result.stderr)
+    # the largest file starts first: its job is the first embed job in Snakemake's log file
+    # (the terminal shows the view instead of Snakemake's per-job messages)
+    (log,) = (out.parent / ".snakemake" / "log").glob("*.snakemake.log")
+    first_embed = re.search(r"rule embed:\n(?:.*\n){0,6}?\s+wildcards: name=(\w+)", log.read_text())
     assert first_embed and first_embed.group(1) == "alpha"
+    assert "rule embed:" not in result.stderr
+
+
+def test_the_live_view_prints_device_lines_and_the_final_table(finished_run):
+    _, result = finished_run
+    blocks = re.findall(r"^\[\d\d:\d\d:\d\d\] seqembed  files .*(?:\n  .*)*", result.stderr, re.M)
+    assert blocks, result.stderr
+    busy = [
+        line for block in blocks for line in block.splitlines()[1:] if not line.endswith("idle")
+    ]
+    assert any(
+        re.match(r"  cpu:[01] +(alpha|beta|delta|gamma) +[█░]{20} +[\d,]+ / [\d,]+ +\d+%$", line)
+        for line in busy
+    ), blocks
+    # the last block: every file done, every device idle
+    assert blocks[-1].splitlines() == [
+        blocks[-1].splitlines()[0].split("] ")[0] + "] seqembed  files 4 / 4 done (100.0%) · "
+        "0 failed · 0 running",
+        "  cpu:0        idle",
+        "  cpu:1        idle",
+    ]
+    # the final table comes after the view, on stdout
+    assert re.search(r"^total +4 ", result.stdout, re.M), result.stdout
 
 
 def test_second_run_does_nothing(run_copy):
@@ -151,3 +200,12 @@ def test_bad_config_value_stops_with_one_line_naming_the_key(run_copy):
     last_line = (result.stdout + result.stderr).strip().splitlines()[-1]
     assert last_line == "seqembed: config key 'device': 'gpu' is not one of ['auto', 'cpu', 'cuda']"
     assert not (run_copy / "results").exists()
+
+
+def test_timeline_picture_is_written_and_in_snakemakes_html_report(finished_run, run_copy):
+    workdir, _ = finished_run
+    assert (workdir / "results" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    result = snakemake(run_copy, "--report", "report.html")
+    assert result.returncode == 0, result.stderr
+    html = (run_copy / "report.html").read_text()
+    assert "timeline.png" in html and "Where the time went" in html

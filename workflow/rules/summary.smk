@@ -5,6 +5,9 @@ rule summary:
     output:
         summary=LAYOUT.summary,
         failed=LAYOUT.failed,
+        timeline=report(
+            LAYOUT.timeline, caption="../report/timeline.rst", category="Run summary"
+        ),
     log:
         f"{LAYOUT.output_dir}/logs/summary.log",
     conda:

@@ -1,0 +1,120 @@
+"""The run as a picture: one lane per device, one bar per file from the moment its job
+claimed the device to its end, coloured by outcome, so load balance and idle gaps show at a
+glance; beside it the throughput of each device. Drawn from the per-file records only, like
+the summary, and written next to summary.json (and into Snakemake's HTML report).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: bar colour by outcome (colour-blind safe, Okabe-Ito); failures by error type
+OUTCOME_COLOURS = {
+    "done": "#009E73",
+    "OOM": "#E69F00",
+    "Crash": "#D55E00",
+    "Error": "#CC79A7",
+    "ModelError": "#CC79A7",
+    "DeviceError": "#CC79A7",
+    "InputError": "#999999",
+    "Aborted": "#56B4E9",
+}
+FALLBACK_COLOUR = "#000000"
+
+
+@dataclass(frozen=True)
+class Bar:
+    name: str
+    start: float  # seconds since the first bar's start
+    seconds: float
+    outcome: str  # "done" or the error type
+
+    @property
+    def colour(self) -> str:
+        return OUTCOME_COLOURS.get(self.outcome, FALLBACK_COLOUR)
+
+
+def lanes(records: Mapping[str, dict | None], since: float | None = None) -> dict[str, list[Bar]]:
+    """device -> its bars in time order, for the jobs of this run (started at `since`) that
+    held a device; a job that failed before claiming one (bad input) occupied none."""
+    held = [
+        r
+        for r in records.values()
+        if r and r.get("device") and r.get("claimed") and r.get("finished")
+        if since is None or r["claimed"] >= since
+    ]
+    origin = min((r["claimed"] for r in held), default=0.0)
+    by_device: dict[str, list[Bar]] = {}
+    for r in sorted(held, key=lambda r: r["claimed"]):
+        outcome = "done" if r["status"] == "done" else r.get("error_type") or "Error"
+        bar = Bar(r["name"], r["claimed"] - origin, r["finished"] - r["claimed"], outcome)
+        by_device.setdefault(r["device"], []).append(bar)
+    return dict(sorted(by_device.items()))
+
+
+def draw_timeline(
+    records: Mapping[str, dict | None],
+    summary: dict,
+    path: str | os.PathLike,
+    since: float | None = None,
+):
+    """Write the picture to `path` (the format follows the suffix); returns the figure's
+    timeline axes for inspection."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display, and never a GUI toolkit in Snakemake's process
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    by_device = lanes(records, since)
+    devices = list(by_device)
+    figure, (timeline, throughput) = plt.subplots(
+        1,
+        2,
+        figsize=(12, 1.2 + 0.45 * max(1, len(devices))),
+        gridspec_kw={"width_ratios": [4, 1]},
+        layout="constrained",
+    )
+    for lane, device in enumerate(devices):
+        bars = by_device[device]
+        timeline.broken_barh(
+            [(bar.start, bar.seconds) for bar in bars],
+            (lane - 0.4, 0.8),
+            facecolors=[bar.colour for bar in bars],
+            edgecolor="white",
+            linewidth=0.5,
+        )
+    timeline.set_yticks(range(len(devices)), devices)
+    timeline.set_ylim(-0.6, max(1, len(devices)) - 0.4)
+    timeline.invert_yaxis()
+    timeline.set_xlabel("seconds since the first job claimed a device")
+    files = summary["files"]
+    timeline.set_title(
+        f"{files['computed_this_run']} files computed in {summary['wall_seconds']:.0f} s; "
+        f"{files['failed']} failed"
+        if devices
+        else "no file was computed in this run",
+        loc="left",
+        fontsize=10,
+    )
+    outcomes = sorted({bar.outcome for bars in by_device.values() for bar in bars})
+    if outcomes:
+        timeline.legend(
+            handles=[
+                Patch(color=OUTCOME_COLOURS.get(outcome, FALLBACK_COLOUR), label=outcome)
+                for outcome in outcomes
+            ],
+            loc="upper right",
+            fontsize=8,
+        )
+
+    rates = [(summary["devices"].get(d, {}).get("residues_per_s") or 0.0) for d in devices]
+    throughput.barh(range(len(devices)), rates, color="#0072B2")
+    throughput.set_yticks(range(len(devices)), [""] * len(devices))
+    throughput.set_ylim(timeline.get_ylim())
+    throughput.set_xlabel("residues / s (busy time)")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return timeline

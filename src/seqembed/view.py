@@ -1,0 +1,158 @@
+"""What the live view shows: one line per device (the file on it, sequences done of its
+total) and the files done overall. Pure functions of the jobs' progress files (see
+seqembed.progress), so tests render it from recorded progress; drawing it on a terminal or
+as periodic plain lines is seqembed.display's business.
+
+The Snakefile announces a run here (`attach`) when it starts and ends it (`detach`) before
+its failure handler prints the summary; whatever display listens in the same process (the
+Snakemake logger plugin) is told. No ETA: file sizes vary too much for an honest one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+BAR_WIDTH = 20
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the Snakefile knows when a run starts."""
+
+    state_dir: str
+    files_total: int  # every input file, computed in this run or not
+    devices: tuple[str, ...]  # this host's pool, listed even while idle ("" under a cluster)
+    verbosity: str = "normal"
+
+
+@dataclass
+class Snapshot:
+    files_total: int
+    files_done: int
+    files_failed: int
+    waiting: int
+    devices: list[tuple[str, dict | None]] = field(default_factory=list)  # label, job on it
+
+    @property
+    def running(self) -> int:
+        return sum(job is not None for _, job in self.devices)
+
+
+def _alive(job: dict, host: str) -> bool:
+    """A job on this host whose process is gone crashed without its last word (a retry will
+    overwrite its file); on another host we cannot tell and believe the file."""
+    if job.get("host") != host or not job.get("pid"):
+        return True
+    try:
+        os.kill(job["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def snapshot(
+    run: RunInfo,
+    jobs: dict[str, dict],
+    files_to_compute: int | None,
+    *,
+    host: str | None = None,
+    alive: Callable[[dict, str], bool] = _alive,
+) -> Snapshot:
+    """`jobs`: name -> progress of this run's jobs; `files_to_compute`: the embed jobs
+    Snakemake scheduled (the other input files were up to date when the run started)."""
+    host = host or socket.gethostname()
+    up_to_date = run.files_total - files_to_compute if files_to_compute is not None else 0
+    on_device: dict[str, dict] = {}
+    waiting = 0
+    for job in jobs.values():
+        if job.get("status") not in ("waiting", "running") or not alive(job, host):
+            continue
+        if job["status"] == "waiting" or not job.get("device"):
+            waiting += 1
+            continue
+        label = job["device"] if job.get("host") == host else f"{job.get('host')}/{job['device']}"
+        if label not in on_device or job.get("updated", 0) > on_device[label].get("updated", 0):
+            on_device[label] = job
+    labels = list(run.devices) + sorted(set(on_device) - set(run.devices))
+    return Snapshot(
+        files_total=run.files_total,
+        files_done=up_to_date + sum(job.get("status") == "done" for job in jobs.values()),
+        files_failed=sum(job.get("status") == "failed" for job in jobs.values()),
+        waiting=waiting,
+        devices=[(label, on_device.get(label)) for label in labels],
+    )
+
+
+def _bar(fraction: float, width: int = BAR_WIDTH) -> str:
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def device_line(label: str, job: dict | None, width: int = 100) -> str:
+    if job is None:
+        return f"  {label:<12} idle"
+    total = job.get("total") or 0
+    done = min(job.get("done", 0), total)
+    fraction = done / total if total else 0.0
+    name_width = max(8, width - 2 - 13 - BAR_WIDTH - 30)
+    name = job["name"] if len(job["name"]) <= name_width else job["name"][: name_width - 1] + "…"
+    return (
+        f"  {label:<12} {name:<{name_width}} {_bar(fraction)} "
+        f"{done:>9,} / {total:<9,} {fraction:>4.0%}"
+    ).rstrip()
+
+
+def header_line(snap: Snapshot) -> str:
+    share = snap.files_done / snap.files_total if snap.files_total else 1.0
+    parts = [
+        f"files {snap.files_done:,} / {snap.files_total:,} done ({share:.1%})",
+        f"{snap.files_failed:,} failed",
+        f"{snap.running} running",
+    ]
+    if snap.waiting:
+        parts.append(f"{snap.waiting} waiting for a device")
+    return "seqembed  " + " · ".join(parts)
+
+
+def render_lines(snap: Snapshot, width: int = 100) -> list[str]:
+    return [header_line(snap)] + [device_line(label, job, width) for label, job in snap.devices]
+
+
+def clock(now: float | None = None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(now))
+
+
+# --- the run announced by the Snakefile, for a display in the same process -----------------
+
+_listeners: list = []
+
+
+def listen(listener) -> None:
+    """`listener` has configure(verbosity), attach(RunInfo) and detach(); the logger plugin
+    registers its display."""
+    _listeners.append(listener)
+
+
+def configure(verbosity: str) -> None:
+    """The verbosity of this invocation, as soon as the config is read."""
+    for listener in _listeners:
+        listener.configure(verbosity)
+
+
+def attach(run: RunInfo) -> bool:
+    """A run starts; True if a display shows it."""
+    for listener in _listeners:
+        listener.attach(run)
+    return bool(_listeners)
+
+
+def detach() -> None:
+    """The run's jobs are over: the display stops before the summary is printed."""
+    for listener in _listeners:
+        listener.detach()

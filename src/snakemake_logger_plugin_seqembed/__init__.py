@@ -1,0 +1,112 @@
+"""seqembed's Snakemake logger plugin: the live per-device view, and Snakemake's own messages
+filtered to what a seqembed user needs at the configured verbosity.
+
+Switched on by the workflow profile (`logger: [seqembed]`); found by Snakemake because the
+package sits next to `seqembed` on the path (`pip install -e .`). The drawing is in
+seqembed.display, the content in seqembed.view; this module only adapts Snakemake's log
+records to them.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+from snakemake_interface_logger_plugins.base import LogHandlerBase
+from snakemake_interface_logger_plugins.common import LogEvent
+from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
+
+from seqembed import view
+from seqembed.display import RunDisplay
+
+# the view shows what these said, once per device instead of once per job
+REPLACED_BY_VIEW = {
+    LogEvent.JOB_INFO,
+    LogEvent.JOB_STARTED,
+    LogEvent.JOB_FINISHED,
+    LogEvent.PROGRESS,
+    LogEvent.SHELLCMD,
+    LogEvent.WORKFLOW_STARTED,  # provenance: kept in Snakemake's log file and with verbose
+}
+# said once per scheduling round or per retry; the view and the jobs' own lines say more
+ROUTINE = (
+    "Select jobs to execute",
+    "Execute ",
+    "Trying to restart job",
+    "Assuming unrestricted shared filesystem usage",
+    "Using shell:",
+    "Rules claiming more threads",
+    "Conda environments: ignored",
+)
+
+
+@dataclass
+class LogHandlerSettings(LogHandlerSettingsBase):
+    interval: float = field(
+        default=30.0,
+        metadata={
+            "help": "Seconds between two status blocks when the output is not a terminal "
+            "(a log file, CI, a SLURM batch script).",
+        },
+    )
+
+
+class LogHandler(LogHandlerBase):
+    def __post_init__(self) -> None:
+        interval = self.settings.interval if self.settings else LogHandlerSettings.interval
+        self.display = RunDisplay(interval=interval)
+        self.rule_of_job: dict[int, str] = {}
+        view.listen(self.display)
+
+    @property
+    def writes_to_stream(self) -> bool:
+        return True
+
+    @property
+    def writes_to_file(self) -> bool:
+        return False
+
+    @property
+    def has_filter(self) -> bool:
+        return False  # Snakemake's own filter (--quiet, --printshellcmds) applies first
+
+    @property
+    def has_formatter(self) -> bool:
+        return False  # Snakemake's own formatter makes the text
+
+    @property
+    def needs_rulegraph(self) -> bool:
+        return False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event = getattr(record, "event", None)
+            self._follow(record, event)
+            if self._shown(record, event):
+                self.display.write(self.format(record))
+        except Exception:  # noqa: BLE001 - a display problem must never stop the run
+            self.handleError(record)
+
+    def _follow(self, record: logging.LogRecord, event) -> None:
+        if event == LogEvent.RUN_INFO:
+            stats = getattr(record, "stats", None) or {}
+            self.display.files_to_compute = stats.get("embed", 0)
+        elif event == LogEvent.JOB_INFO:
+            self.rule_of_job[record.jobid] = record.rule_name
+            if record.rule_name == "summary":
+                # every embed job is over; the summary table comes next, below the view
+                self.display.detach()
+
+    def _shown(self, record: logging.LogRecord, event) -> bool:
+        verbosity = self.display.verbosity
+        if self.common_settings.dryrun or verbosity == "verbose":
+            return True  # a dry run lists the jobs; verbose shows all Snakemake says
+        if event == LogEvent.JOB_ERROR and getattr(record, "rule_name", "") == "embed":
+            return False  # the job said what went wrong in one line of its own
+        if record.levelno >= logging.WARNING:
+            return True
+        if verbosity == "quiet" or event in REPLACED_BY_VIEW:
+            return False
+        return not (event is None and str(record.msg).startswith(ROUTINE))
+
+    def close(self) -> None:
+        self.display.detach()
+        super().close()
