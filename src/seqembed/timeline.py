@@ -106,8 +106,12 @@ def draw_timeline(
                 Patch(color=OUTCOME_COLOURS.get(outcome, FALLBACK_COLOUR), label=outcome)
                 for outcome in outcomes
             ],
-            loc="upper right",
+            # above the lanes, right of the title: never over a bar
+            loc="lower right",
+            bbox_to_anchor=(1.0, 1.0),
+            ncols=len(outcomes),
             fontsize=8,
+            frameon=False,
         )
 
     rates = [(summary["devices"].get(d, {}).get("residues_per_s") or 0.0) for d in devices]

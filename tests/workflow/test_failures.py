@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -242,3 +243,13 @@ def test_second_snakemake_in_the_same_folder_is_refused_and_the_first_finishes(w
     assert first.returncode == 0, output
     assert_embeddings_correct(workdir, tiny_model, NAMES)
     assert failed_lines(workdir) == []
+
+
+def test_quiet_prints_errors_and_the_final_table_only(workdir):
+    (workdir / "fasta" / "broken.fasta").write_text(">a\nMKV\n>b\nMK7V\n")
+    result = snakemake(workdir, "--config", "verbosity=quiet")
+    assert result.returncode == 2, result.stderr
+    assert "seqembed: InputError: fasta/broken.fasta: line 3" in result.stderr
+    for chatter in ("seqembed  files", "Job stats", "Building DAG", "rule embed", "sequences on"):
+        assert chatter not in result.stderr, chatter
+    assert re.search(r"^total +4 ", result.stdout, re.M), result.stdout
