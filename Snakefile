@@ -59,25 +59,28 @@ include: "workflow/rules/summary.smk"
 # The checks run in a child process: the Snakemake process never imports torch or
 # creates a CUDA context.
 onstart:
-    failure = preflight_in_subprocess(dict(config))
+    # on a cluster the devices are the nodes': each job checks its own
+    failure = preflight_in_subprocess(dict(config), devices=workflow.local_exec)
     if failure:
         sys.exit(f"seqembed: pre-flight failed: {failure}")
     # a fresh run: earlier failures no longer count towards an abort, speed is measured anew
     runstate.reset(LAYOUT.state, scheduler_pid=os.getpid())
-    pool = resolve_pool(config["device"], config["gpus"], config["cpu_slots"])
-    warning = slots_warning(
-        workflow.global_resources.get("gpu").value,
-        workflow.global_resources.get("_cores").value,
-        pool,
-    )
-    if warning:
-        print(f"seqembed: warning: {warning}", file=sys.stderr)
     # the view lists this host's devices; on a cluster it learns the nodes' from the jobs
+    pool = []
+    if workflow.local_exec:
+        pool = resolve_pool(config["device"], config["gpus"], config["cpu_slots"])
+        warning = slots_warning(
+            workflow.global_resources.get("gpu").value,
+            workflow.global_resources.get("_cores").value,
+            pool,
+        )
+        if warning:
+            print(f"seqembed: warning: {warning}", file=sys.stderr)
     view.attach(
         view.RunInfo(
             LAYOUT.state,
             files_total=len(FILES),
-            devices=tuple(pool) if workflow.local_exec else (),
+            devices=tuple(pool),
             verbosity=config["verbosity"],
         )
     )

@@ -6,8 +6,11 @@ non-blocking ``flock(LOCK_EX | LOCK_NB)`` on one lock file per device, and keeps
 open for the life of the claim. The kernel drops the lock when the fd closes, so a job
 killed with SIGKILL (OOM killer, scancel) frees its device with no stale-lock cleanup.
 Lock files live under ``<lock_dir>/<hostname>/`` because under SLURM the output folder
-is shared between nodes and each node has its own GPUs; under SLURM the allocation's
-CUDA_VISIBLE_DEVICES is the pool.
+is shared between nodes and each node has its own GPUs. Inside a SLURM job the GPUs SLURM
+granted (its CUDA_VISIBLE_DEVICES) are the pool, whatever ``gpus`` says, and the locks live
+under ``<hostname>/slurm-<job id>/``: jobs of different allocations never compete for a
+label (with device cgroups every job sees its own GPU as 0), while the embed jobs that share
+one allocation (a job group, or Snakemake run inside ``salloc``) still take turns.
 
 flock locks belong to the open file description, so on Linux two ``open()`` calls of
 one file in one process conflict like two processes do. On NFS, however, flock is
@@ -90,10 +93,24 @@ def _nvidia_smi_count(environ: Mapping[str, str]) -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
+#: set by SLURM in a job that was granted GPUs (batch script, srun step)
+SLURM_GPU_GRANT = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "GPU_DEVICE_ORDINAL")
+
+
+def slurm_job(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The SLURM job id when running inside an allocation."""
+    return environ.get("SLURM_JOB_ID") or None
+
+
 def gpu_pool(
     configured: list | None, environ: Mapping[str, str] = os.environ, proc_root: str = "/proc"
 ) -> list[str]:
-    """Physical GPU ids (as strings) this node may use; [] when there are none."""
+    """GPU ids (as strings) this process may use; [] when there are none. Inside a SLURM job
+    only what SLURM granted: other GPUs of the node belong to other jobs."""
+    if slurm_job(environ):
+        if not any(environ.get(name) for name in SLURM_GPU_GRANT):
+            return []
+        return _parse_cvd(environ.get("CUDA_VISIBLE_DEVICES", ""))
     if configured:
         return list(dict.fromkeys(s for s in (str(g).strip() for g in configured) if s))
     if "CUDA_VISIBLE_DEVICES" in environ:
@@ -220,6 +237,8 @@ def claim_device(
     order = [p for p in order if p not in avoid] + [p for p in order if p in avoid]
 
     host_dir = Path(lock_dir).resolve() / socket.gethostname()
+    if slurm_job():
+        host_dir = host_dir / f"slurm-{slurm_job()}"
     host_dir.mkdir(parents=True, exist_ok=True)
     # Lock file names must be plain names: old-style MIG ids contain "/".
     paths = {p: host_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", p) + ".lock") for p in order}

@@ -154,6 +154,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
             device=torch_device,
             precision=config["precision"],
             truncation=config["truncation"],
+            model_cache=config["model_cache"],
         )
         layers = backend.resolve_layers(config["layers"])
         model_load_seconds = time.time() - load_started

@@ -1,6 +1,8 @@
-"""Pre-flight: the checks that must pass before any file is touched, run as the first job
-of a run (so under SLURM it runs on a GPU node, and the Snakemake process never creates a
-CUDA context). Each failure is one line saying what is wrong and what to change."""
+"""Pre-flight: the checks that must pass before any file is touched, run when a run starts,
+in a child process of Snakemake's (so the Snakemake process never imports torch or creates a
+CUDA context). Under a cluster executor the devices are the nodes' and only the jobs can
+check them; the model is checked here. Each failure is one line saying what is wrong and
+what to change."""
 
 from __future__ import annotations
 
@@ -8,9 +10,8 @@ import os
 import re
 from pathlib import Path
 
-from seqembed.devices import DeviceError, resolve_pool
-
-HUB_URL = "https://dl.fbaipublicfiles.com/fair-esm"
+from seqembed.devices import DeviceError, resolve_pool, slurm_job
+from seqembed.models import FetchError, cached_checkpoint, fetch, is_checkpoint_path
 
 
 class PreflightError(Exception):
@@ -26,7 +27,9 @@ def check_devices(config: dict, environ=os.environ) -> list[str]:
     gpus = [label.split(":", 1)[1] for label in pool if label.startswith("cuda:")]
     if not gpus:
         return pool
-    if config["gpus"]:
+    # inside a SLURM allocation the granted GPUs are the pool and `gpus` does not apply
+    configured = None if slurm_job(environ) else config["gpus"]
+    if configured:
         # configured ids are physical ids, as nvidia-smi numbers them, whatever
         # CUDA_VISIBLE_DEVICES says: the jobs set it to their claimed GPU themselves
         environ.pop("CUDA_VISIBLE_DEVICES", None)
@@ -42,11 +45,11 @@ def check_devices(config: dict, environ=os.environ) -> list[str]:
     uuids = {str(torch.cuda.get_device_properties(i).uuid) for i in range(count)}
     for gpu in gpus:
         exists = int(gpu) < count if gpu.isdigit() else re.sub(r"^(GPU|MIG)-", "", gpu) in uuids
-        if not exists and config["gpus"]:
+        if not exists and configured:
             raise PreflightError(
                 f"gpus entry {gpu} does not exist: this node has {count} GPU(s), 0-{count - 1}"
             )
-    if not config["gpus"] and count < len(gpus):
+    if not configured and count < len(gpus):
         raise PreflightError(
             f"CUDA_VISIBLE_DEVICES lists {len(gpus)} GPUs but torch sees only {count}"
         )
@@ -68,16 +71,12 @@ def _checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def check_model(model: str) -> str:
-    """A local checkpoint, or a hub name whose weights are in torch's hub cache (fetched
-    there now if missing: once, here, instead of once per job). Returns the checkpoint path."""
-    import esm
-    import torch
-
-    from seqembed.backends.esm import checkpoint_path, hub_checkpoint
-
-    path = checkpoint_path(model)
-    if path is not None and path != hub_checkpoint(model):
+def check_model(model: str, model_cache: str | None = None, mirror: str | None = None) -> str:
+    """A local checkpoint that fair-esm can read, or a known hub name whose weights are in
+    the model cache: fetched there now if missing, once, on the host that runs Snakemake, so
+    that jobs on nodes without internet find them. Returns the checkpoint's path."""
+    if is_checkpoint_path(model):
+        path = Path(model).expanduser()
         if not path.is_file():
             raise PreflightError(f"model checkpoint not found: {model}")
         if not path.stem.startswith("esm"):
@@ -89,55 +88,54 @@ def check_model(model: str) -> str:
         if problem:
             raise PreflightError(problem)
         return str(path)
+    import esm
+
     if not model.startswith("esm") or not hasattr(esm.pretrained, model):
         raise PreflightError(
             f"unknown model '{model}': not a file and not a fair-esm hub name "
             "(e.g. esm2_t33_650M_UR50D)"
         )
-    checkpoints = hub_checkpoint(model).parent
-    wanted = {f"{model}.pt": f"{HUB_URL}/models/{model}.pt"}
-    if "esm1v" not in model:
-        wanted[f"{model}-contact-regression.pt"] = (
-            f"{HUB_URL}/regression/{model}-contact-regression.pt"
-        )
-    for name, url in wanted.items():
-        target = checkpoints / name
-        if target.is_file():
-            continue
-        checkpoints.mkdir(parents=True, exist_ok=True)
+    cached = cached_checkpoint(model, model_cache)
+    if not cached.is_file():
         try:
-            torch.hub.download_url_to_file(url, str(target), progress=False)
-        except Exception as error:  # noqa: BLE001 - offline nodes are the common case
-            raise PreflightError(
-                f"model {model} is not in {checkpoints} and cannot be downloaded "
-                f"({type(error).__name__}); download {url} there or set model to a local path"
-            ) from None
-    problem = _checkpoint_problem(checkpoints / f"{model}.pt")
+            fetch(model, model_cache, mirror)
+        except FetchError as error:
+            raise PreflightError(str(error)) from None
+    problem = _checkpoint_problem(cached)
     if problem:
-        raise PreflightError(problem)
-    return str(checkpoints / f"{model}.pt")
+        raise PreflightError(f"{problem}; delete it to fetch it again")
+    return str(cached)
 
 
-def run_preflight(config: dict) -> str:
-    """All checks; returns a one-line report of what was checked."""
-    pool = check_devices(config)
-    checkpoint = check_model(config["model"])
+def run_preflight(config: dict, devices: bool = True) -> str:
+    """All checks; returns a one-line report of what was checked. `devices` False: the jobs
+    run on other hosts (a cluster), whose devices only they can see and check."""
+    pool = check_devices(config) if devices else ["checked by each job on its node"]
+    checkpoint = check_model(config["model"], config["model_cache"], config["model_mirror"])
     return f"devices {', '.join(pool)}; model {checkpoint}"
 
 
-def preflight_in_subprocess(config: dict) -> str | None:
+def preflight_in_subprocess(config: dict, devices: bool = True) -> str | None:
     """Run the checks in a child process (no CUDA context, no torch import in the Snakemake
     process) and return the one-line failure, or None when they pass."""
     import json
     import subprocess
     import sys
 
+    model = config["model"]
+    if (
+        not is_checkpoint_path(model)
+        and not cached_checkpoint(model, config["model_cache"]).exists()
+    ):
+        # a large download ahead (the 15B model is 60 GB): say what the wait is for
+        folder = cached_checkpoint(model, config["model_cache"]).parent
+        print(f"seqembed: fetching {model} into {folder}", file=sys.stderr, flush=True)
     environ = dict(os.environ)
     source = str(Path(__file__).resolve().parent.parent)
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [source, environ.get("PYTHONPATH")]))
     result = subprocess.run(
         [sys.executable, "-m", "seqembed.preflight"],
-        input=json.dumps(config),
+        input=json.dumps({"config": config, "devices": devices}),
         capture_output=True,
         text=True,
         env=environ,
@@ -159,9 +157,9 @@ def main() -> None:
     import json
     import sys
 
-    config = json.loads(sys.stdin.read())
+    request = json.loads(sys.stdin.read())
     try:
-        report = run_preflight(config)
+        report = run_preflight(request["config"], request["devices"])
     except PreflightError as failure:
         print(" ".join(str(failure).split()))
         raise SystemExit(1) from None

@@ -399,3 +399,40 @@ def test_slots_warning_when_more_jobs_than_devices_may_run():
     assert "--resources gpu=4 but 2 device(s)" in slots_warning(4, 8, pool)
     assert "no --resources gpu=N given" in slots_warning(None, 8, pool)
     assert slots_warning(None, 2, pool) is None  # --cores alone keeps it within the pool
+
+
+# ---------------------------------------------------------------- inside a SLURM allocation
+
+
+def test_inside_slurm_the_grant_is_the_pool_and_gpus_does_not_apply(bare, tmp_path):
+    env, _ = bare
+    env.update({"SLURM_JOB_ID": "17", "SLURM_JOB_GPUS": "2", "CUDA_VISIBLE_DEVICES": "2"})
+    # the node has 4 GPUs; the job was granted one, and `gpus` asks for others
+    assert gpu_pool([0, 1], env, fake_proc(tmp_path, 4)) == ["2"]
+    assert resolve_pool("auto", [0, 1], 1, env, fake_proc(tmp_path, 4)) == ["cuda:2"]
+
+
+def test_inside_slurm_without_a_gpu_grant_no_gpu_is_ours(bare, tmp_path):
+    env, _ = bare
+    # CUDA_VISIBLE_DEVICES inherited from the submitting shell says nothing about the grant
+    env.update({"SLURM_JOB_ID": "18", "CUDA_VISIBLE_DEVICES": "0,1"})
+    assert gpu_pool(None, env, fake_proc(tmp_path, 4)) == []
+    assert resolve_pool("auto", None, 2, env, fake_proc(tmp_path, 4)) == ["cpu:0", "cpu:1"]
+    with pytest.raises(DeviceError, match="no GPU is visible"):
+        resolve_pool("cuda", None, 1, env, fake_proc(tmp_path, 4))
+
+
+def test_jobs_of_different_allocations_never_wait_for_each_other(tmp_path, monkeypatch):
+    """With device cgroups every SLURM job sees its own GPU as cuda:0: the locks are per
+    allocation, while the embed jobs sharing one allocation still take turns."""
+    monkeypatch.setenv("SLURM_JOB_ID", "101")
+    first = claim_device(["cuda:0"], tmp_path, holder="a")
+    with pytest.raises(DeviceError, match="no free device"):
+        claim_device(["cuda:0"], tmp_path, holder="b", timeout_s=0.2)
+    monkeypatch.setenv("SLURM_JOB_ID", "102")
+    second = claim_device(["cuda:0"], tmp_path, holder="c", timeout_s=0.2)
+    host = socket.gethostname()
+    assert first.lock_path.parent == tmp_path.resolve() / host / "slurm-101"
+    assert second.lock_path.parent == tmp_path.resolve() / host / "slurm-102"
+    first.release()
+    second.release()

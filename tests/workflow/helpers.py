@@ -43,7 +43,7 @@ def snakemake(
     )
 
 
-def make_workdir(workdir: Path, model: Path, **config) -> Path:
+def make_workdir(workdir: Path, model: Path | str, **config) -> Path:
     make_fasta_set(workdir / "fasta")
     settings = {"input_dir": "fasta", "model": str(model), "device": "cpu", "cpu_slots": 2}
     (workdir / "config.yaml").write_text(yaml.safe_dump({**settings, **config}))

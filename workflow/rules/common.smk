@@ -5,9 +5,11 @@ from seqembed.devices import gpu_pool
 
 ENV = "../../envs/seqembed.yaml"
 
-# decided the way the jobs decide it (device auto: GPUs when any are visible)
+# decided the way the jobs decide it (device auto: GPUs when any are visible); a cluster
+# executor runs the jobs on GPU nodes, whatever the submitting host has
 ON_GPU = config["device"] == "cuda" or (
-    config["device"] == "auto" and bool(gpu_pool(config["gpus"]))
+    config["device"] == "auto"
+    and (not workflow.local_exec or bool(gpu_pool(config["gpus"])))
 )
 # what precision auto means here: the numbers differ between fp16 and fp32, so the resolved
 # value is what makes an embedding stale, not the word "auto"
@@ -29,3 +31,4 @@ def input_size(wildcards):
 
 # the plan first, then the files largest first
 PLAN_PRIORITY = max(map(os.path.getsize, FILES.values()), default=0) + 1
+

@@ -8,6 +8,8 @@ rule plan:
         f"{LAYOUT.output_dir}/logs/plan.log",
     # before any embed job: they read the plan at run time to find their preferred device
     priority: PLAN_PRIORITY
+    # on a cluster: on the submitting host, no allocation needed
+    localrule: True
     conda:
         ENV
     params:

@@ -10,6 +10,8 @@ rule summary:
         ),
     log:
         f"{LAYOUT.output_dir}/logs/summary.log",
+    # on a cluster: on the submitting host, no allocation needed
+    localrule: True
     conda:
         ENV
     params:

@@ -48,7 +48,13 @@ def backend_class(model: str) -> type:
     return EsmBackend
 
 
-def load_backend(model: str, *, device: str, precision: str, truncation: int) -> Backend:
+def load_backend(
+    model: str, *, device: str, precision: str, truncation: int, model_cache: str | None = None
+) -> Backend:
     return backend_class(model).load(
-        model, device=device, precision=precision, truncation=truncation
+        model,
+        device=device,
+        precision=precision,
+        truncation=truncation,
+        model_cache=model_cache,
     )

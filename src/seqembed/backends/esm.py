@@ -13,6 +13,7 @@ from esm.model.esm2 import ESM2
 
 from seqembed.backends import ModelError, resolve_precision
 from seqembed.backends.attention import use_fused_attention
+from seqembed.models import cached_checkpoint, is_checkpoint_path
 
 # fair-esm's ESM-1b/ESM-2 alphabet without the gap symbols '.' and '-': an aligned FASTA is
 # not what these models were trained on, so it is reported instead of silently embedded.
@@ -25,19 +26,12 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 CHECKPOINT_PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
 
 
-def checkpoint_path(model: str) -> Path | None:
-    """The checkpoint file behind `model`: the path itself, or the hub name's file in torch's
-    hub cache (where the pre-flight puts it); None for a hub name not downloaded yet."""
-    path = Path(model).expanduser()
-    if path.suffix == ".pt" or path.exists():
-        return path
-    cached = hub_checkpoint(model)
-    return cached if cached.is_file() else None
-
-
-def hub_checkpoint(model: str) -> Path:
-    """Where torch's hub cache keeps (or will keep) a hub model's checkpoint."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / f"{model}.pt"
+def checkpoint_path(model: str, model_cache: str | None = None) -> Path:
+    """The checkpoint file behind `model`: the path itself, or a hub name's file in the model
+    cache (where the fetch_model rule puts it)."""
+    if is_checkpoint_path(model):
+        return Path(model).expanduser()
+    return cached_checkpoint(model, model_cache)
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -98,7 +92,9 @@ def load_esm2_direct(path: Path) -> tuple[ESM2, esm.Alphabet]:
     return network, alphabet
 
 
-def load_esm(model: str, device: str, dtype: torch.dtype) -> tuple[ESM2, esm.Alphabet, str]:
+def load_esm(
+    model: str, device: str, dtype: torch.dtype, model_cache: str | None = None
+) -> tuple[ESM2, esm.Alphabet, str]:
     """A local checkpoint path or a fair-esm hub name (e.g. esm2_t33_650M_UR50D), on
     `device` in `dtype`, in eval mode. What cannot be read or built is a ModelError (the same
     on any device, not retried); moving it to the device can fail like any GPU work (out of
@@ -107,20 +103,25 @@ def load_esm(model: str, device: str, dtype: torch.dtype) -> tuple[ESM2, esm.Alp
     # mode (default since torch 2.6) rejects; allow exactly that class
     torch.serialization.add_safe_globals([argparse.Namespace])
     try:
-        path = checkpoint_path(model)
-        if path is not None and not path.is_file():
-            raise ModelError(f"model checkpoint not found: {model}")
-        if path is not None and path.stem.startswith("esm2"):
-            network, alphabet = load_esm2_direct(path)
-            name = path.stem
-        elif path is not None:  # ESM-1b/1v and friends: fair-esm's own loader
-            network, alphabet = esm.pretrained.load_model_and_alphabet_local(str(path))
-            name = path.stem
-        elif model.startswith("esm") and hasattr(esm.pretrained, model):
-            network, alphabet = esm.pretrained.load_model_and_alphabet_hub(model)
-            name = model
-        else:
+        if not is_checkpoint_path(model) and not (
+            model.startswith("esm") and hasattr(esm.pretrained, model)
+        ):
             raise ModelError(f"unknown model '{model}': not a file and not a fair-esm hub name")
+        path = checkpoint_path(model, model_cache)
+        if not path.is_file():
+            if is_checkpoint_path(model):
+                raise ModelError(f"model checkpoint not found: {model}")
+            # jobs never download: compute nodes often have no internet
+            raise ModelError(
+                f"model {model} is not in the model cache {path.parent} on this host: the "
+                "fetch_model rule puts it there before the jobs start; set model_cache to a "
+                "folder every node sees"
+            )
+        if path.stem.startswith("esm2"):
+            network, alphabet = load_esm2_direct(path)
+        else:  # ESM-1b/1v and friends: fair-esm's own loader
+            network, alphabet = esm.pretrained.load_model_and_alphabet_local(str(path))
+        name = path.stem
     except ModelError:
         raise
     except Exception as error:  # noqa: BLE001 - any loader failure is one line for the user
@@ -152,7 +153,15 @@ class EsmBackend:
             self._token_of[ord(letter)] = alphabet.get_idx(letter)
 
     @classmethod
-    def load(cls, model: str, *, device: str, precision: str, truncation: int) -> EsmBackend:
+    def load(
+        cls,
+        model: str,
+        *,
+        device: str,
+        precision: str,
+        truncation: int,
+        model_cache: str | None = None,
+    ) -> EsmBackend:
         dtype = PRECISIONS[resolve_precision(precision, device)]
         if (
             precision == "auto"
@@ -160,7 +169,7 @@ class EsmBackend:
             and not torch.cuda.is_bf16_supported(including_emulation=False)
         ):
             dtype = torch.float16  # pre-Ampere GPU: no bf16 tensor cores
-        network, alphabet, name = load_esm(model, device, dtype)
+        network, alphabet, name = load_esm(model, device, dtype, model_cache)
         use_fused_attention(network)
         return cls(network, alphabet, name, device, dtype, truncation)
 
