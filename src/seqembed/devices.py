@@ -136,6 +136,11 @@ def resolve_pool(
     cuda = [] if device == "cpu" else [f"cuda:{g}" for g in gpu_pool(gpus, environ, proc_root)]
     if cuda:
         return cuda
+    if device == "cuda" and slurm_job(environ):
+        raise DeviceError(
+            f"device: cuda was requested but SLURM job {slurm_job(environ)} was granted no GPU "
+            "(the embed rule asks for one with resources gpu=1; check the profile)"
+        )
     if device == "cuda":
         cvd = environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
         raise DeviceError(

@@ -408,18 +408,20 @@ def test_inside_slurm_the_grant_is_the_pool_and_gpus_does_not_apply(bare, tmp_pa
     env, _ = bare
     env.update({"SLURM_JOB_ID": "17", "SLURM_JOB_GPUS": "2", "CUDA_VISIBLE_DEVICES": "2"})
     # the node has 4 GPUs; the job was granted one, and `gpus` asks for others
-    assert gpu_pool([0, 1], env, fake_proc(tmp_path, 4)) == ["2"]
-    assert resolve_pool("auto", [0, 1], 1, env, fake_proc(tmp_path, 4)) == ["cuda:2"]
+    node = fake_proc(tmp_path, 4)
+    assert gpu_pool([0, 1], env, node) == ["2"]
+    assert resolve_pool("auto", [0, 1], 1, env, node) == ["cuda:2"]
 
 
 def test_inside_slurm_without_a_gpu_grant_no_gpu_is_ours(bare, tmp_path):
     env, _ = bare
     # CUDA_VISIBLE_DEVICES inherited from the submitting shell says nothing about the grant
     env.update({"SLURM_JOB_ID": "18", "CUDA_VISIBLE_DEVICES": "0,1"})
-    assert gpu_pool(None, env, fake_proc(tmp_path, 4)) == []
-    assert resolve_pool("auto", None, 2, env, fake_proc(tmp_path, 4)) == ["cpu:0", "cpu:1"]
-    with pytest.raises(DeviceError, match="no GPU is visible"):
-        resolve_pool("cuda", None, 1, env, fake_proc(tmp_path, 4))
+    node = fake_proc(tmp_path, 4)
+    assert gpu_pool(None, env, node) == []
+    assert resolve_pool("auto", None, 2, env, node) == ["cpu:0", "cpu:1"]
+    with pytest.raises(DeviceError, match="SLURM job 18 was granted no GPU"):
+        resolve_pool("cuda", None, 1, env, node)
 
 
 def test_jobs_of_different_allocations_never_wait_for_each_other(tmp_path, monkeypatch):
