@@ -1,12 +1,10 @@
 import _seqembed_path  # noqa: F401
 
-from seqembed.devices import resolve_pool
 from seqembed.output import write_json
-from seqembed.plan import make_plan, write_plan
+from seqembed.plan import make_plan, plan_pool, write_plan
 
 snakemake = snakemake  # noqa: F821 - provided by Snakemake
-config = snakemake.config
-pool = resolve_pool(config["device"], config["gpus"], config["cpu_slots"])
+pool = plan_pool(snakemake.config)
 files = dict(zip(snakemake.params.names, snakemake.input, strict=True))
 rows, overview = make_plan(files, pool)
 write_plan(rows, overview, snakemake.output.tsv, snakemake.output.overview)

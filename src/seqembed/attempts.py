@@ -16,7 +16,7 @@ import traceback
 
 from seqembed import runstate
 from seqembed.backends import ModelError
-from seqembed.devices import DeviceError
+from seqembed.devices import DeviceError, slurm_job
 from seqembed.embed import EmbedJob, last_attempt_path, read_record, run_embed_job, write_record
 from seqembed.fasta import InputError
 from seqembed.progress import publish_outcome
@@ -128,6 +128,7 @@ def _fail(
             "started": this_attempt.get("started"),
             "claimed": this_attempt.get("claimed"),
             "host": socket.gethostname(),
+            "slurm_job_id": slurm_job(),
             "error_type": error_type,
             "error_message": message,
             "deterministic": deterministic,

@@ -23,7 +23,13 @@ import psutil
 from seqembed import faults
 from seqembed.backends import backend_class, load_backend
 from seqembed.batching import CPU_TOKS_PER_BATCH, MemoryModel, fixed_budget, memory_budget
-from seqembed.devices import claim_device, cuda_env_for, resolve_pool, torch_device_for
+from seqembed.devices import (
+    claim_device,
+    cuda_env_for,
+    resolve_pool,
+    slurm_job,
+    torch_device_for,
+)
 from seqembed.fasta import read_fasta
 from seqembed.output import embedding_payload, write_atomically, write_json
 from seqembed.plan import planned_device
@@ -132,6 +138,9 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
         "planned_device": planned,
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        # inside SLURM: which job, and the GPUs it was granted (the pool it claimed from)
+        "slurm_job_id": slurm_job(),
+        "slurm_gpus": os.environ.get("CUDA_VISIBLE_DEVICES") if slurm_job() else None,
         "attempt": job.attempt,
         "started": started,
     }
@@ -142,7 +151,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
         write_record(job, {**base, "status": "running"})
         progress.update(status="running", device=base["device"])
         os.environ.update(cuda_env_for(label))
-        torch_device = torch_device_for(label)
+        torch_device = "cpu" if faults.gpu_computes_on_cpu() else torch_device_for(label)
         import torch
 
         # the job's share of the cores: several jobs on one node must not each start a

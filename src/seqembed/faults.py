@@ -8,7 +8,9 @@ the test suite sets; Snakemake passes the environment on to its local jobs. Keys
 - "pause_before_rename": {"name": NAME, "attempt": K} - the job for NAME, on attempt K,
   writes its temporary output and then sleeps, so a test can kill it mid-write;
 - "seconds_per_batch": S - every batch takes S seconds longer, as on a slow device, so a
-  test sees jobs halfway through their files.
+  test sees jobs halfway through their files;
+- "gpu_computes_on_cpu": true - a job that claimed a GPU (granted by a real SLURM test
+  cluster with fake GPUs) computes on the CPU: everything up to the CUDA context is real.
 """
 
 from __future__ import annotations
@@ -49,3 +51,7 @@ def maybe_slow_batch() -> None:
     seconds = _faults().get("seconds_per_batch")
     if seconds:
         time.sleep(seconds)
+
+
+def gpu_computes_on_cpu() -> bool:
+    return bool(_faults().get("gpu_computes_on_cpu"))

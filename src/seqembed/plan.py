@@ -13,6 +13,7 @@ import io
 import os
 from collections.abc import Mapping
 
+from seqembed.devices import DeviceError, resolve_pool
 from seqembed.fasta import fasta_stats
 from seqembed.output import write_json, write_text
 
@@ -50,6 +51,21 @@ def make_plan(files: Mapping[str, str], pool: list[str]) -> tuple[list[dict], di
         "method": assignment.method,
     }
     return rows, overview
+
+
+#: the plan's one lane when the jobs run on cluster nodes: each uses what its allocation was
+#: granted, so no device can be planned from the submitting host
+GRANTED = "granted"
+
+
+def plan_pool(config: dict) -> list[str]:
+    """The devices to plan for: this host's pool, or (when this host has none of the
+    configured kind, as a cluster's submitting host) one lane for the granted devices. The
+    pre-flight has already stopped a local run whose devices are missing."""
+    try:
+        return resolve_pool(config["device"], config["gpus"], config["cpu_slots"])
+    except DeviceError:
+        return [GRANTED]
 
 
 def write_plan(rows: list[dict], overview: dict, tsv: str, json_path: str) -> None:

@@ -5,18 +5,22 @@ from seqembed.devices import gpu_pool
 
 ENV = "../../envs/seqembed.yaml"
 
-# decided the way the jobs decide it (device auto: GPUs when any are visible); a cluster
-# executor runs the jobs on GPU nodes, whatever the submitting host has
+# decided the way the jobs decide it (device auto: GPUs when any are visible). Which
+# executor runs the jobs is not known while the workflow is read: on a cluster, whose
+# submitting host usually has no GPU, the documented setting is device: cuda
 ON_GPU = config["device"] == "cuda" or (
-    config["device"] == "auto"
-    and (not workflow.local_exec or bool(gpu_pool(config["gpus"])))
+    config["device"] == "auto" and bool(gpu_pool(config["gpus"]))
 )
 # what precision auto means here: the numbers differ between fp16 and fp32, so the resolved
 # value is what makes an embedding stale, not the word "auto"
 PRECISION = resolve_precision(config["precision"], "cuda" if ON_GPU else "cpu")
-# one thread per GPU job (the GPU does the work); on the CPU the cores are shared out among
-# cpu_slots concurrent jobs
-EMBED_THREADS = 1 if ON_GPU else max(1, (workflow.cores or 1) // config["cpu_slots"])
+def embed_threads(wildcards):
+    """One thread per GPU job (the GPU does the work), and on a cluster (the profile asks
+    for CPUs per GPU); on this host's CPU the cores are shared out among cpu_slots jobs.
+    A function: the executor is known only once jobs are scheduled."""
+    if ON_GPU or not workflow.local_exec:
+        return 1
+    return max(1, (workflow.cores or 1) // config["cpu_slots"])
 
 
 wildcard_constraints:

@@ -12,7 +12,7 @@ rule embed:
     retries: 2
     conda:
         ENV
-    threads: EMBED_THREADS
+    threads: embed_threads
     resources:
         gpu=1,
         attempt=lambda wildcards, attempt: attempt,

@@ -1,0 +1,127 @@
+"""The workflow on a real SLURM: a single-node cluster (slurmctld, slurmd, munge from
+Debian's packages) started on this machine by tests/slurm/cluster.sh, with four fake GPUs
+that SLURM grants like real ones (CUDA_VISIBLE_DEVICES per job). Every embed job goes
+through sbatch via snakemake-executor-plugin-slurm and the project's profile, edited the way
+the README tells a user to. The one mock: a job that claimed its granted GPU computes on the
+CPU (SEQEMBED_TEST_FAULTS gpu_computes_on_cpu), as this machine has no GPU."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from helpers import (
+    NAMES,
+    assert_embeddings_correct,
+    environment,
+    failed_lines,
+    make_workdir,
+    mtimes,
+    record,
+)
+
+pytestmark = pytest.mark.workflow
+
+CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+@pytest.fixture(scope="module")
+def slurm_conf():
+    if os.geteuid() != 0:
+        pytest.skip("starting a SLURM cluster needs root (daemons, munge key, apt)")
+    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
+        pytest.skip("no SLURM here and no apt-get to install it (Debian's slurmctld, slurmd)")
+    # not under pytest's tmp folder: the munge daemon runs as user munge and must reach it
+    state = Path(tempfile.mkdtemp(prefix="seqembed-slurm-"))
+    # 8 CPUs advertised on a 2-core machine: the profile asks 4 per GPU job
+    env = {**os.environ, "SLURM_HELPER_CPUS": "8", "SLURM_HELPER_GPUS": "4"}
+    started = subprocess.run(
+        ["bash", str(CLUSTER), "start", str(state)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        yield started.stdout.strip().removeprefix("export SLURM_CONF=")
+    finally:
+        stopped = subprocess.run(
+            ["bash", str(CLUSTER), "stop", str(state)], capture_output=True, text=True, timeout=120
+        )
+        assert stopped.returncode == 0, stopped.stderr
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def user_profile(workdir: Path) -> Path:
+    """profiles/slurm with the edits the README asks for: the partition, and memory to fit
+    this test node (21 GB)."""
+    text = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
+    edited = text.replace("slurm_partition: gpu ", "slurm_partition: debug ").replace(
+        "mem_mb: 32000 * attempt", "mem_mb: 2000 * attempt"
+    )
+    assert edited.count("debug") == 1 and "2000 * attempt" in edited
+    (workdir / "profile").mkdir()
+    (workdir / "profile" / "config.yaml").write_text(edited)
+    return workdir / "profile"
+
+
+def run_on_slurm(workdir: Path, slurm_conf: str) -> subprocess.CompletedProcess:
+    env = environment({"gpu_computes_on_cpu": True})
+    env["SLURM_CONF"] = slurm_conf
+    command = [
+        # SIGTERM would only make Snakemake wait for its running jobs: kill
+        *("timeout", "-s", "KILL", "420"),
+        *(SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--profile", "profile"),
+        *("--configfile", "config.yaml"),
+        # this cluster has no accounting database (sacct), and its jobs are short
+        *("--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1"),
+    ]
+    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=env)
+
+
+def test_demo_workflow_through_sbatch_with_granted_gpus_failures_and_rerun(
+    tmp_path, tiny_model, slurm_conf
+):
+
+    workdir = make_workdir(tmp_path / "run", tiny_model, device="cuda")
+    user_profile(workdir)
+    broken = workdir / "fasta" / "broken.fasta"
+    broken.write_text(">a\nMKV\n>b\nMK7V\n")
+
+    result = run_on_slurm(workdir, slurm_conf)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "has been submitted with SLURM jobid" in result.stderr
+    assert_embeddings_correct(workdir, tiny_model, NAMES)
+    jobs = {}
+    for name in NAMES:
+        done = record(workdir, name)
+        # each file ran in its own SLURM job, on a GPU SLURM granted that job and no other
+        assert done["slurm_job_id"], done
+        assert done["device"] == f"cuda:{done['slurm_gpus']}", done
+        jobs[name] = done["slurm_job_id"]
+    assert len(set(jobs.values())) == len(NAMES)
+    assert failed_lines(workdir) == [
+        "fasta/broken.fasta|InputError|fasta/broken.fasta: line 3: record 'b' has characters "
+        "outside the alphabet: '7'"
+    ]
+    assert record(workdir, "broken")["slurm_job_id"]
+
+    # the fix, and the same command again: only the failed file is redone, on SLURM
+    before = mtimes(workdir)
+    broken.write_text(">a\nMKV\n>b\nMKSV\n")
+    rerun = run_on_slurm(workdir, slurm_conf)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = mtimes(workdir)
+    assert {name for name in after if after[name] != before.get(name)} == {"broken"}
+    assert failed_lines(workdir) == []
+    redone = record(workdir, "broken")
+    assert redone["slurm_job_id"] not in jobs.values()
+    assert redone["device"] == f"cuda:{redone['slurm_gpus']}"
