@@ -73,7 +73,7 @@ def user_profile(workdir: Path) -> Path:
     return workdir / "profile"
 
 
-def run_on_slurm(workdir: Path, slurm_conf: str) -> subprocess.CompletedProcess:
+def run_on_slurm(workdir: Path, slurm_conf: str, *args: str) -> subprocess.CompletedProcess:
     env = environment({"gpu_computes_on_cpu": True})
     env["SLURM_CONF"] = slurm_conf
     command = [
@@ -83,6 +83,7 @@ def run_on_slurm(workdir: Path, slurm_conf: str) -> subprocess.CompletedProcess:
         *("--configfile", "config.yaml"),
         # this cluster has no accounting database (sacct), and its jobs are short
         *("--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1"),
+        *args,
     ]
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=env)
 
@@ -125,3 +126,30 @@ def test_demo_workflow_through_sbatch_with_granted_gpus_failures_and_rerun(
     redone = record(workdir, "broken")
     assert redone["slurm_job_id"] not in jobs.values()
     assert redone["device"] == f"cuda:{redone['slurm_gpus']}"
+
+
+def test_many_small_files_packed_into_fewer_submissions_of_one_gpu_each(
+    tmp_path, tiny_model, slurm_conf
+):
+    workdir = make_workdir(tmp_path / "run", tiny_model, device="cuda")
+    user_profile(workdir)
+    result = run_on_slurm(
+        workdir, slurm_conf, "--groups", "embed=pack", "--group-components", "pack=2"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_embeddings_correct(workdir, tiny_model, NAMES)
+    submissions: dict[str, list[str]] = {}
+    for name in NAMES:
+        done = record(workdir, name)
+        assert done["device"] == f"cuda:{done['slurm_gpus']}", done
+        submissions.setdefault(done["slurm_job_id"], []).append(name)
+    assert sorted(len(names) for names in submissions.values()) == [2, 2]
+    for job_id in submissions:
+        shown = subprocess.run(
+            ["scontrol", "show", "job", job_id],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SLURM_CONF": slurm_conf},
+        ).stdout
+        # two files, one after the other, on one GPU; the time limit covers both
+        assert "TresPerJob=gres:gpu:1\n" in shown and "TimeLimit=08:00:00" in shown, shown
