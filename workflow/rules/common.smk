@@ -14,6 +14,8 @@ ON_GPU = config["device"] == "cuda" or (
 # what precision auto means here: the numbers differ between fp16 and fp32, so the resolved
 # value is what makes an embedding stale, not the word "auto"
 PRECISION = resolve_precision(config["precision"], "cuda" if ON_GPU else "cpu")
+
+
 def embed_threads(wildcards):
     """One thread per GPU job (the GPU does the work), and on a cluster (the profile asks
     for CPUs per GPU); on this host's CPU the cores are shared out among cpu_slots jobs.
@@ -35,4 +37,3 @@ def input_size(wildcards):
 
 # the plan first, then the files largest first
 PLAN_PRIORITY = max(map(os.path.getsize, FILES.values()), default=0) + 1
-
