@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from seqembed import runstate, view
 from seqembed.config import ConfigError, check_writable, input_files, validate_config
-from seqembed.devices import resolve_pool, slots_warning
+from seqembed.devices import forget_allocation_locks, resolve_pool, slots_warning
 from seqembed.layout import RunLayout
 from seqembed.preflight import preflight_in_subprocess
 from seqembed.summary import exit_code_after_failure
@@ -65,6 +65,7 @@ onstart:
         sys.exit(f"seqembed: pre-flight failed: {failure}")
     # a fresh run: earlier failures no longer count towards an abort, speed is measured anew
     runstate.reset(LAYOUT.state, scheduler_pid=os.getpid())
+    forget_allocation_locks(LAYOUT.locks)
     # the view lists this host's devices; on a cluster it learns the nodes' from the jobs
     pool = []
     if workflow.local_exec:
@@ -82,6 +83,7 @@ onstart:
             files_total=len(FILES),
             devices=tuple(pool),
             verbosity=config["verbosity"],
+            local=workflow.local_exec,
         )
     )
 

@@ -25,6 +25,7 @@ def command(*args: str, slots: int = 2) -> list[str]:
 def environment(faults: dict | None = None) -> dict[str, str]:
     environ = dict(os.environ)
     environ.pop("SEQEMBED_TEST_FAULTS", None)
+    environ.pop("SEQEMBED_LIVE_VIEW", None)  # the runs' own view sets it for their jobs
     if faults:
         environ["SEQEMBED_TEST_FAULTS"] = json.dumps(faults)
     return environ

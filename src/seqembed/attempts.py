@@ -124,6 +124,7 @@ def _fail(
             "file": job.fasta,
             "attempt": job.attempt,
             "device": this_attempt.get("device"),
+            "lane": this_attempt.get("lane"),
             # when it held the device, for the timeline
             "started": this_attempt.get("started"),
             "claimed": this_attempt.get("claimed"),
@@ -140,6 +141,7 @@ def _fail(
         job.state_dir,
         job.name,
         status="failed",
+        file=job.fasta,
         attempt=job.attempt,
         error_type=error_type,
         error_message=message,

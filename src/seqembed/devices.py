@@ -282,6 +282,31 @@ def cuda_env_for(label: str) -> dict[str, str]:
     return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ident}
 
 
+def forget_allocation_locks(lock_dir: str | Path) -> None:
+    """Lock folders of SLURM allocations of earlier runs (one per job): a job still running
+    keeps its lock through its open file; new jobs have new job ids, so never meet them."""
+    for folder in Path(lock_dir).glob("*/slurm-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def lane_for(label: str, environ: Mapping[str, str] = os.environ) -> str:
+    """Which physical device a claimed label is, for the view, the summary and the timeline:
+    the label itself on this host. Inside SLURM the node and the GPU as SLURM numbers it
+    (with device cgroups every job sees its own GPU as cuda:0), else the allocation."""
+    job = slurm_job(environ)
+    if not job:
+        return label
+    host = socket.gethostname()
+    kind, ident = _split(label)
+    if kind == "cuda":
+        visible = _parse_cvd(environ.get("CUDA_VISIBLE_DEVICES", ""))
+        granted = environ.get("SLURM_STEP_GPUS") or environ.get("SLURM_JOB_GPUS") or ""
+        physical = [gpu.strip() for gpu in granted.split(",") if gpu.strip()]
+        if ident in visible and len(physical) == len(visible):
+            return f"{host}/cuda:{physical[visible.index(ident)]}"
+    return f"{host}/slurm-{job}/{label}"
+
+
 def torch_device_for(label: str) -> str:
     """The torch device string once cuda_env_for(label) is in effect."""
     kind, _ = _split(label)

@@ -1,6 +1,6 @@
 """Drawing the live view (seqembed.view) for the Snakemake logger plugin.
 
-Three modes, picked when a run is attached:
+Modes, picked when a run is attached:
 - live: a terminal and verbosity normal. A Rich live area at the bottom, redrawn twice a
   second; Snakemake's messages scroll above it. The jobs are separate processes that write
   to the inherited terminal directly, which would tear a redrawn area, so while the area is
@@ -10,6 +10,8 @@ Three modes, picked when a run is attached:
   verbose (per-batch lines from the jobs, which a redrawn area would only hide). A block of
   plain lines every `interval` seconds while something changed, and one at the end.
 - off: verbosity quiet. Only errors and the final table reach the user.
+When the jobs run on other hosts (a cluster), their one-line failures land in SLURM's logs,
+so the display prints them from the progress files instead, in every mode.
 """
 
 from __future__ import annotations
@@ -17,10 +19,18 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from typing import TextIO
 
 from seqembed.progress import VIEW_ENV, ProgressReader
-from seqembed.view import RunInfo, clock, render_lines, snapshot
+from seqembed.view import (
+    RunInfo,
+    clock,
+    failure_line,
+    render_lines,
+    snapshot,
+    with_endings,
+)
 
 REFRESH_SECONDS = 0.5
 
@@ -42,13 +52,20 @@ class _Capture:
         self.reader.start()
 
     def _pump(self, read: int) -> None:
+        # never stop reading: a full pipe would block every job and Snakemake itself
         with os.fdopen(read, "r", errors="replace") as pipe:
             for line in pipe:
-                self.emit(line.rstrip("\n"))
+                try:
+                    self.emit(line.rstrip("\n"))
+                except Exception:  # noqa: BLE001 - the line is lost, the run goes on
+                    continue
 
     def restore(self) -> None:
         for stream in (sys.stdout, sys.stderr):
-            stream.flush()
+            try:
+                stream.flush()
+            except OSError:
+                pass
         for fd, saved in self.saved.items():
             os.dup2(saved, fd)
             os.close(saved)
@@ -67,9 +84,13 @@ class RunDisplay:
         self.files_to_compute: int | None = None
         self.mode = "none"  # until a run is attached: Snakemake's messages pass through
         self._verbosity = "normal"
+        self._ended: dict[str, float] = {}
+        self._reported: set[tuple] = set()
+        self._lines: list[str] = []
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._live = None
+        self._terminal: TextIO | None = None  # the real terminal while the pipe stands in
         self._capture: _Capture | None = None
         self._last_plain: list[str] | None = None
 
@@ -81,7 +102,13 @@ class RunDisplay:
         """Known when the workflow is parsed, before a run starts (or a dry run lists jobs)."""
         self._verbosity = verbosity
 
-    # --- what Snakemake says ------------------------------------------------------------------
+    def job_ended(self, name: str) -> None:
+        """Snakemake says the job of `name` failed: if its file still says it runs, it was
+        killed without a last word."""
+        with self.lock:
+            self._ended[name] = time.time()
+
+    # --- what Snakemake and the jobs say --------------------------------------------------
 
     def write(self, text: str) -> None:
         with self.lock:
@@ -89,44 +116,59 @@ class RunDisplay:
                 from rich.text import Text
 
                 self._live.console.print(Text.from_ansi(text), soft_wrap=True)
-            else:
-                self.stream.write(text + "\n")
-                self.stream.flush()
+                return
+            # while the pipe stands in for the terminal, never write into it: the line
+            # would come back here
+            out = self._terminal if self._capture is not None else self.stream
+            out.write(text + "\n")
+            out.flush()
 
-    # --- the run --------------------------------------------------------------------------------
+    # --- the run ------------------------------------------------------------------------------
 
-    def lines(self) -> list[str]:
-        jobs = self.reader.scan() if self.reader else {}
+    def _refresh(self) -> None:
+        """Read the progress files once; the live area draws from this until the next tick."""
+        jobs = with_endings(self.reader.scan(), self._ended)
+        if not self.run.local:
+            for job in jobs.values():
+                key = (job.get("name"), job.get("attempt"), job.get("error_message"))
+                if (
+                    job.get("status") == "failed"
+                    and job.get("error_type")
+                    and key not in (self._reported)
+                ):
+                    self._reported.add(key)
+                    self.write(failure_line(job))
         width = self._live.console.width if self._live is not None else 100
-        return render_lines(snapshot(self.run, jobs, self.files_to_compute), width)
+        self._lines = render_lines(snapshot(self.run, jobs, self.files_to_compute), width)
 
     def attach(self, run: RunInfo) -> None:
+        self.detach()
         with self.lock:
-            self.detach()
             self.run = run
             self._verbosity = run.verbosity
             self.reader = ProgressReader(run.state_dir)
             self._stop.clear()
+            self._refresh()
             if run.verbosity == "quiet":
                 self.mode = "off"
-                return
-            os.environ[VIEW_ENV] = "1"  # inherited by the jobs started from now on
-            self.mode = "live" if self.terminal and run.verbosity == "normal" else "plain"
+            else:
+                os.environ[VIEW_ENV] = "1"  # inherited by the jobs started from now on
+                self.mode = "live" if self.terminal and run.verbosity == "normal" else "plain"
             if self.mode == "live":
                 self._start_live()
-            self._ticker = threading.Thread(target=self._tick, daemon=True)
-            self._ticker.start()
+            if self.mode != "off" or not run.local:
+                self._ticker = threading.Thread(target=self._tick, daemon=True)
+                self._ticker.start()
 
     def _start_live(self) -> None:
         from rich.console import Console
         from rich.live import Live
         from rich.text import Text
 
-        terminal = os.fdopen(os.dup(self.stream.fileno()), "w", buffering=1)
-        console = Console(file=terminal)
+        self._terminal = os.fdopen(os.dup(self.stream.fileno()), "w", buffering=1)
         self._live = Live(
-            get_renderable=lambda: Text("\n".join(self.lines()), no_wrap=True, overflow="crop"),
-            console=console,
+            get_renderable=lambda: Text("\n".join(self._lines), no_wrap=True, overflow="crop"),
+            console=Console(file=self._terminal),
             auto_refresh=False,
             redirect_stdout=False,
             redirect_stderr=False,
@@ -135,41 +177,52 @@ class RunDisplay:
         self._capture = _Capture(self.write)
 
     def _tick(self) -> None:
-        period = REFRESH_SECONDS if self.mode == "live" else self.interval
+        # plain: a block per interval; off (quiet, on a cluster): only the failure lines
+        period = {"plain": self.interval, "off": 2.0}.get(self.mode, REFRESH_SECONDS)
         while not self._stop.wait(period):
             with self.lock:
-                if self.mode == "live" and self._live is not None:
-                    self._live.refresh()
-                elif self.mode == "plain":
-                    self._print_plain()
+                try:
+                    self._refresh()
+                    if self.mode == "live" and self._live is not None:
+                        self._live.refresh()
+                    elif self.mode == "plain":
+                        self._print_plain()
+                except Exception:  # noqa: BLE001 - a bad refresh must not end the view
+                    continue
 
     def _print_plain(self, force: bool = False) -> None:
-        lines = self.lines()
-        if force or lines != self._last_plain:
-            self._last_plain = lines
-            self.write("\n".join([f"[{clock()}] {lines[0]}", *lines[1:]]))
+        if force or self._lines != self._last_plain:
+            self._last_plain = self._lines
+            self.write("\n".join([f"[{clock()}] {self._lines[0]}", *self._lines[1:]]))
 
     def detach(self) -> None:
         """Stop drawing: the last state stays on screen, and what follows (the summary table)
-        is printed below it."""
+        is printed below it. The lock is not held while waiting for the ticker or for the
+        pipe to drain: both need it."""
         self._stop.set()
         with self.lock:
-            if self._ticker is not None:
-                ticker, self._ticker = self._ticker, None
-                if ticker is not threading.current_thread():
-                    self.lock.release()
-                    try:
-                        ticker.join(timeout=5)
-                    finally:
-                        self.lock.acquire()
-            if self.mode == "live" and self._live is not None:
-                live, self._live = self._live, None
-                live.refresh()
-                live.stop()
-                capture, self._capture = self._capture, None
-                if capture:
-                    capture.restore()
-            elif self.mode == "plain":
-                self._print_plain(force=True)
-            if self.mode != "none":
-                self.mode = "done"
+            ticker, self._ticker = self._ticker, None
+        if ticker is not None and ticker is not threading.current_thread():
+            ticker.join(timeout=5)
+        with self.lock:
+            live, capture, mode = self._live, self._capture, self.mode
+            if mode in ("none", "done"):
+                return
+            self.mode = "done"
+        try:
+            with self.lock:
+                try:
+                    self._refresh()
+                    if live is not None:
+                        live.refresh()
+                finally:
+                    if live is not None:
+                        self._live = None
+                        live.stop()
+                if mode == "plain":
+                    self._print_plain(force=True)
+        finally:
+            if capture is not None:
+                capture.restore()  # lines still in the pipe go to the real terminal
+                with self.lock:
+                    self._capture = None

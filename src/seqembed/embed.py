@@ -26,6 +26,7 @@ from seqembed.batching import CPU_TOKS_PER_BATCH, MemoryModel, fixed_budget, mem
 from seqembed.devices import (
     claim_device,
     cuda_env_for,
+    lane_for,
     resolve_pool,
     slurm_job,
     torch_device_for,
@@ -135,6 +136,8 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
         "file": job.fasta,
         "output": job.output,
         "device": label if lengths else None,
+        # the physical device, for reports (inside SLURM: node and GPU)
+        "lane": lane_for(label) if lengths else None,
         "planned_device": planned,
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -149,7 +152,8 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
         # until this is replaced, a crash of this process leaves "running" behind: the retry
         # reads it to avoid the device, the summary to name the crash
         write_record(job, {**base, "status": "running"})
-        progress.update(status="running", device=base["device"])
+        if lengths:  # an empty file occupies no device
+            progress.update(status="running", device=base["device"], lane=base["lane"])
         os.environ.update(cuda_env_for(label))
         torch_device = "cpu" if faults.gpu_computes_on_cpu() else torch_device_for(label)
         import torch

@@ -2,7 +2,7 @@
 weights are fetched once, on the host that runs Snakemake, into a model cache that the jobs
 read. Compute nodes often have no internet, so jobs never download.
 
-Torch-free: the Snakefile decides at parse time whether a fetch is needed.
+Torch-free, so that Snakemake's process can tell what a fetch will do before it starts.
 """
 
 from __future__ import annotations

@@ -20,10 +20,12 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Write to a hidden temporary file in the same folder, flush it to disk, then rename: the
-    rename is atomic on POSIX, so readers (and a rerun after a crash) see the whole file or
-    none."""
+def write_atomically(
+    path: str | os.PathLike, write: Callable[[IO[bytes]], None], durable: bool = True
+) -> None:
+    """Write to a hidden temporary file in the same folder, flush it to disk (unless not
+    `durable`: the file is worth nothing after a crash), then rename: the rename is atomic on
+    POSIX, so readers (and a rerun after a crash) see the whole file or none."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -32,19 +34,20 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
-            os.fsync(stream.fileno())
+            if durable:
+                os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    write_atomically(path, lambda stream: stream.write(text.encode()))
+def write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None:
+    write_atomically(path, lambda stream: stream.write(text.encode()), durable)
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_json(path: str | os.PathLike, data: Any, durable: bool = True) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", durable)
 
 
 def embedding_payload(

@@ -3,6 +3,7 @@ failure handler (which runs when some jobs failed) produce the same figures."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections import Counter, defaultdict
@@ -11,11 +12,15 @@ from pathlib import Path
 
 from seqembed import runstate
 from seqembed.layout import RunLayout
-from seqembed.output import write_json, write_text
+from seqembed.output import write_atomically, write_json, write_text
 from seqembed.timeline import draw_timeline
 
 #: summary.json's layout, documented field by field in workflow/schemas/summary.schema.yaml
 SCHEMA_VERSION = 1
+#: a 1x1 white PNG, in place of a timeline that could not be drawn
+BLANK_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGP4DwABAQEAsTj2FAAAAABJRU5ErkJggg=="
+)
 
 
 def read_records(records_dir: str | os.PathLike, names: list[str]) -> dict[str, dict | None]:
@@ -86,7 +91,7 @@ def summarize(
         }
     )
     for record in ran:
-        device = devices[record["device"]]
+        device = devices[record.get("lane") or record["device"]]
         device["files"] += 1
         device["files_on_planned_device"] += record.get("planned_device") == record["device"]
         device["sequences"] += record["sequences"]
@@ -149,8 +154,8 @@ def render_table(summary: dict) -> str:
     files = summary["files"]
     lines = [
         f"seqembed: {files['done']}/{files['total']} files done ({files['skipped']} were up to "
-        f"date), {files['failed']} failed, {files['missing']} missing; this run computed "
-        f"{files['computed_this_run']} in {_number(summary['wall_seconds'])} s",
+        f"date), {files['failed']} failed; this run computed {files['computed_this_run']} in "
+        f"{_number(summary['wall_seconds'])} s",
         f"{'device':<12}{'files':>7}{'sequences':>12}{'residues':>14}{'planned':>14}"
         f"{'seq/s':>10}{'res/s':>12}{'busy s':>9}",
     ]
@@ -179,6 +184,12 @@ def render_table(summary: dict) -> str:
         f"{'-' if padding is None else f'{padding:.1%}'}; truncated sequences "
         f"{summary['truncated_sequences']}"
     )
+    if files["missing"]:
+        lines.append(
+            f"{files['missing']} file(s) with an embedding but no record, counted neither done "
+            f"nor failed: {', '.join(summary['missing'][:3])}"
+            + (" ..." if files["missing"] > 3 else "")
+        )
     if summary["failures_by_type"]:
         counts = ", ".join(f"{kind} {n}" for kind, n in summary["failures_by_type"].items())
         lines.append(f"failures by type: {counts}")
@@ -216,6 +227,8 @@ def report_run(layout: RunLayout, files: Mapping[str, str], *, aborted: str | No
         draw_timeline(records, summary, layout.timeline, since)
     except Exception as error:  # noqa: BLE001 - a picture must not cost the run its summary
         print(f"seqembed: warning: no timeline picture: {error}", flush=True)
+        # the summary rule declares the picture: an empty one, not a failed step
+        write_atomically(layout.timeline, lambda stream: stream.write(BLANK_PNG))
     print(render_table(summary), flush=True)
     return summary
 
@@ -230,7 +243,7 @@ def exit_code_after_failure(layout: RunLayout, files: Mapping[str, str]) -> int:
     if summary["aborted"]:
         print(f"seqembed: {summary['aborted']}", flush=True)
         return 1
-    failed = counts["failed"] + counts["missing"]
+    failed = counts["failed"]
     if not failed:
         print(
             f"seqembed: all {counts['total']} files are done, but a workflow step failed: "

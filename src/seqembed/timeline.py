@@ -50,7 +50,7 @@ def lanes(records: Mapping[str, dict | None], since: float | None = None) -> dic
     for r in sorted(held, key=lambda r: r["claimed"]):
         outcome = "done" if r["status"] == "done" else r.get("error_type") or "Error"
         bar = Bar(r["name"], r["claimed"] - origin, r["finished"] - r["claimed"], outcome)
-        by_device.setdefault(r["device"], []).append(bar)
+        by_device.setdefault(r.get("lane") or r["device"], []).append(bar)
     return dict(sorted(by_device.items()))
 
 

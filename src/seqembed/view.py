@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 BAR_WIDTH = 20
@@ -25,8 +25,9 @@ class RunInfo:
 
     state_dir: str
     files_total: int  # every input file, computed in this run or not
-    devices: tuple[str, ...]  # this host's pool, listed even while idle ("" under a cluster)
+    devices: tuple[str, ...]  # this host's pool, listed even while idle (none on a cluster)
     verbosity: str = "normal"
+    local: bool = True  # the jobs run on this host, their output reaches this terminal
 
 
 @dataclass
@@ -56,6 +57,26 @@ def _alive(job: dict, host: str) -> bool:
     return True
 
 
+def with_endings(jobs: dict[str, dict], ended: Mapping[str, float]) -> dict[str, dict]:
+    """Jobs Snakemake reported failed (at the time given) while their file still says waiting
+    or running: killed without a last word (SLURM's time or memory limit, a lost node)."""
+    return {
+        name: {**job, "status": "failed"}
+        if name in ended
+        and job.get("status") in ("waiting", "running")
+        and job.get("updated", 0) <= ended[name]
+        else job
+        for name, job in jobs.items()
+    }
+
+
+def lane_label(job: dict, host: str) -> str:
+    label = job.get("lane") or job["device"]
+    if job.get("host") != host and "/" not in label:
+        label = f"{job.get('host')}/{label}"
+    return label
+
+
 def snapshot(
     run: RunInfo,
     jobs: dict[str, dict],
@@ -76,7 +97,7 @@ def snapshot(
         if job["status"] == "waiting" or not job.get("device"):
             waiting += 1
             continue
-        label = job["device"] if job.get("host") == host else f"{job.get('host')}/{job['device']}"
+        label = lane_label(job, host)
         if label not in on_device or job.get("updated", 0) > on_device[label].get("updated", 0):
             on_device[label] = job
     labels = list(run.devices) + sorted(set(on_device) - set(run.devices))
@@ -106,6 +127,14 @@ def device_line(label: str, job: dict | None, width: int = 100) -> str:
         f"  {label:<12} {name:<{name_width}} {_bar(fraction)} "
         f"{done:>9,} / {total:<9,} {fraction:>4.0%}"
     ).rstrip()
+
+
+def failure_line(job: dict) -> str:
+    """A failed attempt in the words the job itself prints (which, on a cluster, ends up in
+    SLURM's log instead of on this terminal)."""
+    message = " ".join(str(job.get("error_message", "")).split())
+    where = "" if job.get("file", "") in message else f"{job.get('file')}: "
+    return f"seqembed: {job.get('error_type', 'Error')}: {where}{message}"
 
 
 def header_line(snap: Snapshot) -> str:

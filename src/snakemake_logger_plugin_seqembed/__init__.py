@@ -26,7 +26,8 @@ REPLACED_BY_VIEW = {
     LogEvent.SHELLCMD,
     LogEvent.WORKFLOW_STARTED,  # provenance: kept in Snakemake's log file and with verbose
 }
-# said once per scheduling round or per retry; the view and the jobs' own lines say more
+# said once per scheduling round, per retry or per submitted job; the view and the jobs' own
+# lines say more
 ROUTINE = (
     "Select jobs to execute",
     "Execute ",
@@ -36,6 +37,18 @@ ROUTINE = (
     "Rules claiming more threads",
     "Conda environments: ignored",
 )
+# the SLURM executor plugin's words for every job it submits (some as warnings)
+PER_SLURM_JOB = (
+    "No SLURM account given",
+    "No account was given",
+    "Unable to guess SLURM account",
+)
+
+
+def _per_slurm_job(message: str) -> bool:
+    return message.startswith(PER_SLURM_JOB) or (
+        message.startswith("Job ") and " has been submitted with SLURM jobid " in message
+    )
 
 
 @dataclass
@@ -53,7 +66,19 @@ class LogHandler(LogHandlerBase):
     def __post_init__(self) -> None:
         interval = self.settings.interval if self.settings else LogHandlerSettings.interval
         self.display = RunDisplay(interval=interval)
-        self.rule_of_job: dict[int, str] = {}
+        self.embed_jobs: dict[int, str] = {}  # Snakemake job id -> input file name
+        # Snakemake's own filter (--quiet, --printshellcmds), applied after the view has seen
+        # every event: --quiet must not hide the events it follows
+        from snakemake.logging import DefaultFilter
+
+        settings = self.common_settings
+        self.snakemake_filter = DefaultFilter(
+            settings.quiet,
+            settings.debug_dag,
+            settings.verbose,
+            settings.dryrun,
+            settings.printshellcmds,
+        )
         view.listen(self.display)
 
     @property
@@ -66,7 +91,7 @@ class LogHandler(LogHandlerBase):
 
     @property
     def has_filter(self) -> bool:
-        return False  # Snakemake's own filter (--quiet, --printshellcmds) applies first
+        return True
 
     @property
     def has_formatter(self) -> bool:
@@ -80,7 +105,7 @@ class LogHandler(LogHandlerBase):
         try:
             event = getattr(record, "event", None)
             self._follow(record, event)
-            if self._shown(record, event):
+            if self.snakemake_filter.filter(record) and self._shown(record, event):
                 self.display.write(self.format(record))
         except Exception:  # noqa: BLE001 - a display problem must never stop the run
             self.handleError(record)
@@ -90,17 +115,23 @@ class LogHandler(LogHandlerBase):
             stats = getattr(record, "stats", None) or {}
             self.display.files_to_compute = stats.get("embed", 0)
         elif event == LogEvent.JOB_INFO:
-            self.rule_of_job[record.jobid] = record.rule_name
-            if record.rule_name == "summary":
+            if record.rule_name == "embed":
+                self.embed_jobs[record.jobid] = dict(record.wildcards).get("name")
+            elif record.rule_name == "summary":
                 # every embed job is over; the summary table comes next, below the view
                 self.display.detach()
+        elif event == LogEvent.JOB_ERROR and record.jobid in self.embed_jobs:
+            self.display.job_ended(self.embed_jobs[record.jobid])
 
     def _shown(self, record: logging.LogRecord, event) -> bool:
         verbosity = self.display.verbosity
         if self.common_settings.dryrun or verbosity == "verbose":
             return True  # a dry run lists the jobs; verbose shows all Snakemake says
-        if event == LogEvent.JOB_ERROR and getattr(record, "rule_name", "") == "embed":
+        local = self.display.run is None or self.display.run.local
+        if event == LogEvent.JOB_ERROR and getattr(record, "rule_name", "") == "embed" and local:
             return False  # the job said what went wrong in one line of its own
+        if record.levelno < logging.ERROR and _per_slurm_job(str(record.msg)):
+            return False
         if record.levelno >= logging.WARNING:
             return True
         if verbosity == "quiet" or event in REPLACED_BY_VIEW:

@@ -81,7 +81,8 @@ def test_summary_totals_rates_devices_and_failures():
     assert summary["failures_by_type"] == {"InputError": 1}
     assert failed_lines(summary) == ["in/d.fasta|InputError|in/d.fasta: line 3: bad / char"]
     table = render_table(summary)
-    assert "3/5 files done (0 were up to date), 1 failed, 1 missing" in table
+    assert "3/5 files done (0 were up to date), 1 failed;" in table
+    assert "1 file(s) with an embedding but no record, counted neither done nor failed: e" in table
     assert "failures by type: InputError 1" in table
     assert all(len(line) <= 100 for line in table.splitlines())
 

@@ -83,7 +83,8 @@ def test_reader_rereads_only_changed_files(tmp_path):
 
 
 def test_plain_display_prints_blocks_while_attached_and_a_last_one(tmp_path, monkeypatch):
-    monkeypatch.delenv("SEQEMBED_LIVE_VIEW", raising=False)
+    # attach() sets it for the jobs; set here first, so that it is undone after the test
+    monkeypatch.setenv("SEQEMBED_LIVE_VIEW", "0")
     state = tmp_path / "run"
     record_progress(state)
     stream = io.StringIO()
@@ -108,7 +109,8 @@ def test_plain_display_prints_blocks_while_attached_and_a_last_one(tmp_path, mon
 
 
 def test_quiet_shows_no_view(tmp_path, monkeypatch):
-    monkeypatch.delenv("SEQEMBED_LIVE_VIEW", raising=False)
+    # attach() sets it for the jobs; set here first, so that it is undone after the test
+    monkeypatch.setenv("SEQEMBED_LIVE_VIEW", "0")
     stream = io.StringIO()
     display = RunDisplay(stream=stream, interval=0.01)
     display.attach(view.RunInfo(str(tmp_path), 1, ("cpu:0",), verbosity="quiet"))
@@ -130,6 +132,8 @@ display.attach(view.RunInfo(state, files_total=2, devices=("cuda:0", "cuda:1")))
 # a job: a separate process writing to the terminal it inherited
 subprocess.run(["sh", "-c", "echo a line from a job >&2"])
 time.sleep(1.2)
+# a job still writing as the view stops: its line comes before what follows the view
+subprocess.Popen(["sh", "-c", "sleep 0.3; echo a late line >&2"])
 display.detach()
 print("the final table", flush=True)
 """
@@ -167,5 +171,73 @@ def test_live_display_on_a_terminal_prints_job_output_above_the_area(tmp_path):
     assert "cuda:0       sample_a" in text and "100 / 400" in text
     # the job's line was printed before the last drawing of the area, the table after it
     assert text.index("a line from a job") < text.rindex("cuda:1       idle")
-    assert text.rindex("cuda:1       idle") < text.index("the final table")
+    assert text.rindex("cuda:1       idle") < text.index("a late line")
+    assert text.index("a late line") < text.index("the final table")
     assert "\x1b[" in text  # cursor movement: it really was a live area
+
+
+def test_on_a_cluster_failures_are_told_once_and_killed_jobs_leave_their_device(
+    tmp_path, monkeypatch
+):
+    """On a cluster the jobs' own error lines go to SLURM's logs: the display prints them
+    from the progress files, once per attempt; a job Snakemake reports failed while its file
+    still says it runs (killed by a time limit) no longer holds its device in the view."""
+    monkeypatch.setenv("SEQEMBED_LIVE_VIEW", "0")
+    state = tmp_path / "run"
+    JobProgress(state, "x", file="in/x.fasta", total=5).update(status="waiting")
+    publish_outcome(state, "x", status="failed", attempt=1, error_type="OOM", error_message="m")
+    JobProgress(state, "y", total=9, host="node3").update(status="running", device="cuda:0")
+    stream = io.StringIO()
+    display = RunDisplay(stream=stream, interval=0.05)
+    run = view.RunInfo(str(state), files_total=2, devices=(), verbosity="quiet", local=False)
+    display.attach(run)
+    time.sleep(0.1)
+    display.job_ended("y")
+    time.sleep(2.2)  # the quiet display looks every 2 s, for failures only
+    display.detach()
+    assert stream.getvalue() == "seqembed: OOM: in/x.fasta: m\n"
+    jobs = view.with_endings(ProgressReader(str(state)).scan(), display._ended)
+    snap = view.snapshot(run, jobs, files_to_compute=2)
+    assert snap.running == 0 and snap.files_failed == 2
+
+
+def test_lanes_name_the_node_and_the_gpu_slurm_granted(monkeypatch):
+    from seqembed.devices import lane_for
+
+    environ = {"SLURM_JOB_ID": "7", "CUDA_VISIBLE_DEVICES": "0", "SLURM_STEP_GPUS": "3"}
+    # device cgroups: the job sees its GPU as 0, SLURM knows it as GPU 3 of the node
+    assert lane_for("cuda:0", environ) == f"{HOST}/cuda:3"
+    assert lane_for("cuda:0", {"SLURM_JOB_ID": "7"}) == f"{HOST}/slurm-7/cuda:0"
+    assert lane_for("cuda:1", {}) == "cuda:1"
+
+
+def test_the_plugin_follows_the_run_even_when_snakemake_is_told_to_be_quiet():
+    """--quiet hides Snakemake's progress and rule messages, not the events the view needs."""
+    import logging
+    from types import SimpleNamespace
+
+    from snakemake.settings.enums import Quietness
+    from snakemake_interface_logger_plugins.common import LogEvent
+
+    from snakemake_logger_plugin_seqembed import LogHandler, LogHandlerSettings
+
+    settings = SimpleNamespace(
+        quiet={Quietness.PROGRESS, Quietness.RULES},
+        debug_dag=False,
+        verbose=False,
+        dryrun=False,
+        printshellcmds=False,
+    )
+    handler = LogHandler(settings, LogHandlerSettings(interval=1.0))
+    shown = []
+    handler.display.write = shown.append
+
+    def emit(message, **extra):
+        record = logging.LogRecord("snakemake", logging.INFO, __file__, 1, message, None, None)
+        record.__dict__.update(extra)
+        handler.emit(record)
+
+    emit("Job stats:", event=LogEvent.RUN_INFO, stats={"embed": 3, "total": 5})
+    emit("", event=LogEvent.JOB_INFO, jobid=4, rule_name="embed", wildcards={"name": "a"})
+    assert handler.display.files_to_compute == 3 and handler.embed_jobs == {4: "a"}
+    assert shown == []  # and yet nothing printed: --quiet still applies

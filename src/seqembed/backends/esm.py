@@ -28,7 +28,7 @@ CHECKPOINT_PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
 
 def checkpoint_path(model: str, model_cache: str | None = None) -> Path:
     """The checkpoint file behind `model`: the path itself, or a hub name's file in the model
-    cache (where the fetch_model rule puts it)."""
+    cache (where the pre-flight fetches it when a run starts)."""
     if is_checkpoint_path(model):
         return Path(model).expanduser()
     return cached_checkpoint(model, model_cache)
@@ -114,8 +114,8 @@ def load_esm(
             # jobs never download: compute nodes often have no internet
             raise ModelError(
                 f"model {model} is not in the model cache {path.parent} on this host: the "
-                "fetch_model rule puts it there before the jobs start; set model_cache to a "
-                "folder every node sees"
+                "pre-flight fetches it there when a run starts; set model_cache to a folder "
+                "every node sees"
             )
         if path.stem.startswith("esm2"):
             network, alphabet = load_esm2_direct(path)
