@@ -99,7 +99,10 @@ def test_demo_workflow_through_sbatch_with_granted_gpus_failures_and_rerun(
 
     result = run_on_slurm(workdir, slurm_conf)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "has been submitted with SLURM jobid" in result.stderr
+    # the job's own error line went to SLURM's log; the view prints it from the progress
+    # files, and leaves out the plugin's line per submitted job
+    assert "seqembed: InputError: fasta/broken.fasta: line 3" in result.stderr
+    assert "has been submitted with SLURM jobid" not in result.stderr
     assert_embeddings_correct(workdir, tiny_model, NAMES)
     jobs = {}
     for name in NAMES:
