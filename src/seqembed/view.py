@@ -37,6 +37,7 @@ class Snapshot:
     files_failed: int
     waiting: int
     devices: list[tuple[str, dict | None]] = field(default_factory=list)  # label, job on it
+    queued: int = 0  # scheduled, not started (on a cluster: pending in SLURM's queue)
 
     @property
     def running(self) -> int:
@@ -101,12 +102,16 @@ def snapshot(
         if label not in on_device or job.get("updated", 0) > on_device[label].get("updated", 0):
             on_device[label] = job
     labels = list(run.devices) + sorted(set(on_device) - set(run.devices))
+    done = sum(job.get("status") == "done" for job in jobs.values())
+    failed = sum(job.get("status") == "failed" for job in jobs.values())
+    started = done + failed + waiting + len(on_device)
     return Snapshot(
         files_total=run.files_total,
-        files_done=up_to_date + sum(job.get("status") == "done" for job in jobs.values()),
-        files_failed=sum(job.get("status") == "failed" for job in jobs.values()),
+        files_done=up_to_date + done,
+        files_failed=failed,
         waiting=waiting,
         devices=[(label, on_device.get(label)) for label in labels],
+        queued=max(0, files_to_compute - started) if files_to_compute is not None else 0,
     )
 
 
@@ -146,6 +151,8 @@ def header_line(snap: Snapshot) -> str:
     ]
     if snap.waiting:
         parts.append(f"{snap.waiting} waiting for a device")
+    if snap.queued:
+        parts.append(f"{snap.queued} queued")
     return "seqembed  " + " · ".join(parts)
 
 

@@ -54,6 +54,9 @@ def test_view_lines_from_recorded_progress(tmp_path):
         "  cuda:2       idle",
     ]
     assert all(len(line) <= 100 for line in lines)
+    # 7 scheduled, 5 of them started (done, failed, running, waiting): 2 not yet
+    later = view.snapshot(run, jobs, files_to_compute=7)
+    assert later.queued == 2 and view.header_line(later).endswith(" · 2 queued")
 
 
 def test_jobs_on_other_hosts_get_lanes_and_dead_local_jobs_none(tmp_path):
