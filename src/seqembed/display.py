@@ -53,10 +53,11 @@ class _Capture:
 
     def _pump(self, read: int) -> None:
         # never stop reading: a full pipe would block every job and Snakemake itself
-        with os.fdopen(read, "r", errors="replace") as pipe:
+        with os.fdopen(read, "r", errors="replace", newline="\n") as pipe:
             for line in pipe:
                 try:
-                    self.emit(line.rstrip("\n"))
+                    # a progress bar redraws its line with \r: only its last state is news
+                    self.emit(line.rstrip("\n").rsplit("\r", 1)[-1])
                 except Exception:  # noqa: BLE001 - the line is lost, the run goes on
                     continue
 
@@ -93,6 +94,8 @@ class RunDisplay:
         self._terminal: TextIO | None = None  # the real terminal while the pipe stands in
         self._capture: _Capture | None = None
         self._last_plain: list[str] | None = None
+        self._detaching = threading.Lock()  # one detach at a time, start to end
+        self._readers: list[threading.Thread] = []
 
     @property
     def verbosity(self) -> str:
@@ -104,9 +107,15 @@ class RunDisplay:
 
     def job_ended(self, name: str) -> None:
         """Snakemake says the job of `name` failed: if its file still says it runs, it was
-        killed without a last word."""
+        killed without a last word. Its failure is looked up now: a retry soon overwrites
+        the file."""
         with self.lock:
             self._ended[name] = time.time()
+            if self.run is not None and self.mode not in ("none", "done"):
+                try:
+                    self._refresh()
+                except Exception:  # noqa: BLE001 - the next tick tries again
+                    pass
 
     # --- what Snakemake and the jobs say --------------------------------------------------
 
@@ -138,7 +147,10 @@ class RunDisplay:
                 ):
                     self._reported.add(key)
                     self.write(failure_line(job))
-        width = self._live.console.width if self._live is not None else 100
+        width = 100
+        if self._live is not None:
+            self._fit_terminal()
+            width = self._live.console.width
         self._lines = render_lines(snapshot(self.run, jobs, self.files_to_compute), width)
 
     def attach(self, run: RunInfo) -> None:
@@ -173,8 +185,20 @@ class RunDisplay:
             redirect_stdout=False,
             redirect_stderr=False,
         )
+        self._fit_terminal()
         self._live.start(refresh=True)
         self._capture = _Capture(self.write)
+        self._readers.append(self._capture.reader)
+
+    def _fit_terminal(self) -> None:
+        """Rich measures fds 0-2, and 1-2 are the pipe while the area is up: the real
+        terminal's size (which also follows a resize), where it tells one."""
+        try:
+            columns, lines = os.get_terminal_size(self._terminal.fileno())
+        except OSError:
+            return
+        if columns and lines:
+            self._live.console.size = (columns, lines)
 
     def _tick(self) -> None:
         # plain: a block per interval; off (quiet, on a cluster): only the failure lines
@@ -198,7 +222,14 @@ class RunDisplay:
     def detach(self) -> None:
         """Stop drawing: the last state stays on screen, and what follows (the summary table)
         is printed below it. The lock is not held while waiting for the ticker or for the
-        pipe to drain: both need it."""
+        pipe to drain: both need it. Never raises: it runs in Snakemake's handlers."""
+        with self._detaching:
+            try:
+                self._detach()
+            except Exception:  # noqa: BLE001 - the run's summary and exit code come first
+                pass
+
+    def _detach(self) -> None:
         self._stop.set()
         with self.lock:
             ticker, self._ticker = self._ticker, None
@@ -226,3 +257,9 @@ class RunDisplay:
                 capture.restore()  # lines still in the pipe go to the real terminal
                 with self.lock:
                     self._capture = None
+
+    def close(self) -> None:
+        """Snakemake is done: whatever a job still wrote into the pipe is printed."""
+        self.detach()
+        for reader in self._readers:
+            reader.join(timeout=10)

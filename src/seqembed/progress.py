@@ -87,7 +87,7 @@ class ProgressReader:
 
     state_dir: str
     jobs: dict[str, dict] = field(default_factory=dict)
-    _seen: dict[str, int] = field(default_factory=dict)
+    _seen: dict[str, tuple] = field(default_factory=dict)
 
     def scan(self) -> dict[str, dict]:
         try:
@@ -99,7 +99,10 @@ class ProgressReader:
             if name == entry.name or self.jobs.get(name, {}).get("status") == "done":
                 continue  # a writer's hidden temporary, or finished for good
             try:
-                stamp = entry.stat().st_mtime_ns
+                # every write is a new file renamed into place: a new inode, even where the
+                # modification time is counted in whole seconds
+                stat = entry.stat()
+                stamp = (entry.inode(), stat.st_size, stat.st_mtime_ns)
                 if self._seen.get(name) == stamp:
                     continue
                 job = json.loads(Path(entry.path).read_text())

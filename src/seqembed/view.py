@@ -189,6 +189,10 @@ def attach(run: RunInfo) -> bool:
 
 
 def detach() -> None:
-    """The run's jobs are over: the display stops before the summary is printed."""
+    """The run's jobs are over: the display stops before the summary is printed. Never
+    raises: the Snakefile's failure handler calls it before the summary."""
     for listener in _listeners:
-        listener.detach()
+        try:
+            listener.detach()
+        except Exception:  # noqa: BLE001 - a display must not cost the run its summary
+            pass

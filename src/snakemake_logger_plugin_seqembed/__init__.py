@@ -139,5 +139,5 @@ class LogHandler(LogHandlerBase):
         return not (event is None and str(record.msg).startswith(ROUTINE))
 
     def close(self) -> None:
-        self.display.detach()
+        self.display.close()
         super().close()
