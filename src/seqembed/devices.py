@@ -307,6 +307,11 @@ def lane_for(label: str, environ: Mapping[str, str] = os.environ) -> str:
     return f"{host}/slurm-{job}/{label}"
 
 
+def lane_of(record: dict) -> str:
+    """The lane of a record or progress entry (jobs before lanes existed: their device)."""
+    return record.get("lane") or record["device"]
+
+
 def torch_device_for(label: str) -> str:
     """The torch device string once cuda_env_for(label) is in effect."""
     kind, _ = _split(label)

@@ -58,6 +58,12 @@ def say(config: dict, level: str, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def news_level() -> str:
+    """The level of per-file news (waiting for a device, done): a live view shows it
+    already, so without verbose the job keeps quiet."""
+    return "verbose" if view_is_on() else "normal"
+
+
 def batch_budget(toks_per_batch, backend, layers: list[int], torch_device: str):
     """A fixed budget, or with "auto" one sized from the free memory once the model is in."""
     if toks_per_batch != "auto":
@@ -121,11 +127,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
             holder=job.name,
             prefer=[planned] if planned else [],
             avoid=avoid,
-            on_wait=lambda: say(
-                config,
-                "verbose" if view_is_on() else "normal",
-                f"{job.name}: waiting for a free device",
-            ),
+            on_wait=lambda: say(config, news_level(), f"{job.name}: waiting for a free device"),
         )
         label = claim.label
     else:
@@ -143,7 +145,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
         "pid": os.getpid(),
         # inside SLURM: which job, and the GPUs it was granted (the pool it claimed from)
         "slurm_job_id": slurm_job(),
-        "slurm_gpus": os.environ.get("CUDA_VISIBLE_DEVICES") if slurm_job() else None,
+        "slurm_gpus": slurm_job() and os.environ.get("CUDA_VISIBLE_DEVICES"),
         "attempt": job.attempt,
         "started": started,
     }
@@ -228,8 +230,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
     progress.update(status="done", done=len(lengths))
     say(
         config,
-        # a view shows the files as they finish; without one, this line is the news
-        "verbose" if view_is_on() else "normal",
+        news_level(),
         f"{job.name}: {len(lengths)} sequences on {record['device']} in "
         f"{finished - started:.1f} s (model load {model_load_seconds:.1f} s)",
     )

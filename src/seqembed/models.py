@@ -57,6 +57,12 @@ def hub_files(model: str, mirror: str | None = None) -> dict[str, str]:
     return files
 
 
+def is_cached(model: str, model_cache: str | None) -> bool:
+    """Every file the loader needs for hub model `model` is in the cache."""
+    folder = cache_dir(model_cache)
+    return all((folder / name).is_file() for name in hub_files(model))
+
+
 def fetch(model: str, model_cache: str | None, mirror: str | None = None) -> Path:
     """Download what is missing of `model` into the cache; returns the checkpoint's path.
     Written under a temporary name and renamed, so an interrupted download is never taken

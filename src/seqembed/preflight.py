@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from seqembed.devices import DeviceError, resolve_pool, slurm_job
-from seqembed.models import FetchError, cached_checkpoint, fetch, hub_files, is_checkpoint_path
+from seqembed.models import FetchError, cached_checkpoint, fetch, is_cached, is_checkpoint_path
 
 
 class PreflightError(Exception):
@@ -96,7 +96,7 @@ def check_model(model: str, model_cache: str | None = None, mirror: str | None =
             "(e.g. esm2_t33_650M_UR50D)"
         )
     cached = cached_checkpoint(model, model_cache)
-    if not all((cached.parent / name).is_file() for name in hub_files(model, mirror)):
+    if not is_cached(model, model_cache):
         try:
             fetch(model, model_cache, mirror)
         except FetchError as error:
@@ -123,11 +123,9 @@ def preflight_in_subprocess(config: dict, devices: bool = True) -> str | None:
     import sys
 
     model = config["model"]
-    folder = cached_checkpoint(model, config["model_cache"]).parent
-    if not is_checkpoint_path(model) and not all(
-        (folder / name).is_file() for name in hub_files(model)
-    ):
+    if not is_checkpoint_path(model) and not is_cached(model, config["model_cache"]):
         # a large download ahead (the 15B model is 60 GB): say what the wait is for
+        folder = cached_checkpoint(model, config["model_cache"]).parent
         print(f"seqembed: fetching {model} into {folder}", file=sys.stderr, flush=True)
     environ = dict(os.environ)
     source = str(Path(__file__).resolve().parent.parent)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from seqembed import runstate
+from seqembed.devices import lane_of
 from seqembed.layout import RunLayout
 from seqembed.output import write_atomically, write_json, write_text
 from seqembed.timeline import draw_timeline
@@ -91,7 +92,7 @@ def summarize(
         }
     )
     for record in ran:
-        device = devices[record.get("lane") or record["device"]]
+        device = devices[lane_of(record)]
         device["files"] += 1
         device["files_on_planned_device"] += record.get("planned_device") == record["device"]
         device["sequences"] += record["sequences"]

@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from seqembed.devices import lane_of
+
 #: bar colour by outcome (colour-blind safe, Okabe-Ito); failures by error type
 OUTCOME_COLOURS = {
     "done": "#009E73",
@@ -50,7 +52,7 @@ def lanes(records: Mapping[str, dict | None], since: float | None = None) -> dic
     for r in sorted(held, key=lambda r: r["claimed"]):
         outcome = "done" if r["status"] == "done" else r.get("error_type") or "Error"
         bar = Bar(r["name"], r["claimed"] - origin, r["finished"] - r["claimed"], outcome)
-        by_device.setdefault(r.get("lane") or r["device"], []).append(bar)
+        by_device.setdefault(lane_of(r), []).append(bar)
     return dict(sorted(by_device.items()))
 
 

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from seqembed.devices import lane_of
+
 BAR_WIDTH = 20
 
 
@@ -72,7 +74,7 @@ def with_endings(jobs: dict[str, dict], ended: Mapping[str, float]) -> dict[str,
 
 
 def lane_label(job: dict, host: str) -> str:
-    label = job.get("lane") or job["device"]
+    label = lane_of(job)
     if job.get("host") != host and "/" not in label:
         label = f"{job.get('host')}/{label}"
     return label
