@@ -10,12 +10,13 @@ from pathlib import Path
 # The package lives next to this file; no installation needed to run from a clone.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from seqembed import runstate, view
-from seqembed.config import ConfigError, check_writable, input_files, validate_config
+from seqembed import runstate
+from seqembed.report import view
+from seqembed.run.config import ConfigError, check_writable, input_files, validate_config
 from seqembed.devices import forget_allocation_locks, resolve_pool, slots_warning
 from seqembed.layout import RunLayout
-from seqembed.preflight import preflight_in_subprocess
-from seqembed.summary import exit_code_after_failure
+from seqembed.run.preflight import preflight_in_subprocess
+from seqembed.report.summary import exit_code_after_failure
 
 
 # the documented defaults travel with the workflow; --configfile / --config override them

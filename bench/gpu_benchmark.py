@@ -26,12 +26,12 @@ sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
 
-from seqembed.backends.esm import EsmBackend, load_esm  # noqa: E402
-from seqembed.batching import fixed_budget, make_batches  # noqa: E402
+from seqembed.compute.backends.esm import EsmBackend, load_esm  # noqa: E402
+from seqembed.compute.batch_loop import embed_all  # noqa: E402
+from seqembed.compute.batching import fixed_budget, make_batches  # noqa: E402
 from seqembed.demo import random_protein, read_length, save_esm2_checkpoint  # noqa: E402
-from seqembed.embed import batch_budget  # noqa: E402
 from seqembed.fasta import FastaRecords  # noqa: E402
-from seqembed.runner import embed_all  # noqa: E402
+from seqembed.job.embed import batch_budget  # noqa: E402
 
 # name: (layers, width, heads)
 SHAPES = {

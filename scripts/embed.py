@@ -1,7 +1,7 @@
 import _seqembed_path  # noqa: F401
 
-from seqembed.attempts import run_or_record_failure
-from seqembed.embed import EmbedJob
+from seqembed.job.attempts import run_or_record_failure
+from seqembed.job.embed import EmbedJob
 from seqembed.layout import RunLayout
 
 snakemake = snakemake  # noqa: F821 - provided by Snakemake

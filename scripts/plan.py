@@ -1,7 +1,7 @@
 import _seqembed_path  # noqa: F401
 
 from seqembed.output import write_json
-from seqembed.plan import make_plan, plan_pool, write_plan
+from seqembed.run.plan import make_plan, plan_pool, write_plan
 
 snakemake = snakemake  # noqa: F821 - provided by Snakemake
 pool = plan_pool(snakemake.config)

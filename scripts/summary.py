@@ -2,7 +2,7 @@ import _seqembed_path  # noqa: F401
 
 from seqembed.layout import RunLayout
 from seqembed.output import write_text
-from seqembed.summary import render_table, report_run
+from seqembed.report.summary import render_table, report_run
 
 snakemake = snakemake  # noqa: F821 - provided by Snakemake
 summary = report_run(RunLayout(snakemake.config["output_dir"]), dict(snakemake.params.files))

@@ -84,7 +84,7 @@ def assert_embeddings_correct(workdir: Path, model: Path, names: list[str]) -> N
     import torch
     from reference import reference_embeddings
 
-    from seqembed.backends.esm import PROTEIN_ALPHABET
+    from seqembed.compute.backends.esm import PROTEIN_ALPHABET
     from seqembed.fasta import read_fasta
 
     for name in names:

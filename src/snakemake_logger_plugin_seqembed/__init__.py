@@ -3,8 +3,8 @@ filtered to what a seqembed user needs at the configured verbosity.
 
 Switched on by the workflow profile (`logger: [seqembed]`); found by Snakemake because the
 package sits next to `seqembed` on the path (`pip install -e .`). The drawing is in
-seqembed.display, the content in seqembed.view; this module only adapts Snakemake's log
-records to them.
+seqembed.report.display, the content in seqembed.report.view; this module only adapts
+Snakemake's log records to them.
 """
 
 import logging
@@ -14,8 +14,8 @@ from snakemake_interface_logger_plugins.base import LogHandlerBase
 from snakemake_interface_logger_plugins.common import LogEvent
 from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
 
-from seqembed import view
-from seqembed.display import RunDisplay
+from seqembed.report import view
+from seqembed.report.display import RunDisplay
 
 # the view shows what these said, once per device instead of once per job
 REPLACED_BY_VIEW = {

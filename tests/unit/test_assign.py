@@ -5,8 +5,8 @@ import random
 import pulp
 import pytest
 
-from seqembed import assign as assign_mod
-from seqembed.assign import Assignment, assign, lower_bound
+from seqembed.run import assign as assign_mod
+from seqembed.run.assign import Assignment, assign, lower_bound
 
 # Short solver limit: a time-out only means "LPT or the CBC incumbent", which the sweep must
 # tolerate anyway; tiny instances are solved to optimality in milliseconds.

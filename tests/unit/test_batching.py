@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from seqembed.batching import MemoryModel, fixed_budget, make_batches, memory_budget
+from seqembed.compute.batching import MemoryModel, fixed_budget, make_batches, memory_budget
 
 
 def lengths_sample(count=500, seed=3):

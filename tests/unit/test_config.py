@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from seqembed.config import ConfigError, input_files, validate_config
+from seqembed.run.config import ConfigError, input_files, validate_config
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 
@@ -71,7 +71,8 @@ def test_the_snakemake_process_side_never_imports_torch():
     import sys
 
     code = (
-        "import sys; import seqembed.config, seqembed.devices, seqembed.plan, seqembed.summary;"
+        "import sys; import seqembed.run.config, seqembed.devices, seqembed.run.plan, "
+        "seqembed.report.summary;"
         "print('torch' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -102,7 +103,7 @@ def test_input_dir_with_glob_characters_is_taken_literally(tmp_path):
 
 
 def test_output_dir_that_cannot_be_written(tmp_path):
-    from seqembed.config import check_writable
+    from seqembed.run.config import check_writable
 
     blocker = tmp_path / "file"
     blocker.write_text("")

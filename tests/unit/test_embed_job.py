@@ -10,11 +10,11 @@ import torch
 from conftest import REPO
 from reference import reference_embeddings
 
-from seqembed.attempts import run_or_record_failure
-from seqembed.backends.esm import PROTEIN_ALPHABET
-from seqembed.config import validate_config
-from seqembed.embed import EmbedJob, run_embed_job
+from seqembed.compute.backends.esm import PROTEIN_ALPHABET
 from seqembed.fasta import read_fasta
+from seqembed.job.attempts import run_or_record_failure
+from seqembed.job.embed import EmbedJob, run_embed_job
+from seqembed.run.config import validate_config
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 

@@ -9,7 +9,7 @@ import esm
 import pytest
 import torch
 
-from seqembed.backends.esm import EsmBackend, load_esm
+from seqembed.compute.backends.esm import EsmBackend, load_esm
 from seqembed.demo import random_protein
 
 
@@ -64,7 +64,7 @@ def test_half_precision_stays_within_two_percent_of_fp32(tiny_model, precision):
 
 
 def test_fused_attention_matches_fair_esm_to_fp32_rounding(tiny_model, monkeypatch):
-    from seqembed.backends import attention
+    from seqembed.compute.backends import attention
 
     calls = []
     fused_kernel = attention.F.scaled_dot_product_attention
@@ -100,7 +100,7 @@ def test_fused_attention_takes_cudas_non_contiguous_output(tiny_model, monkeypat
     # CUDA's memory-efficient kernel returns (B, H, T, d) as a transposed view of a
     # (B, T, H, d) buffer; this machine's kernel returns contiguous memory, so the layout is
     # imitated here (no GPU to run the real one)
-    from seqembed.backends import attention
+    from seqembed.compute.backends import attention
 
     fused_kernel = attention.F.scaled_dot_product_attention
 

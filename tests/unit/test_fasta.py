@@ -1,6 +1,6 @@
 import pytest
 
-from seqembed.backends.esm import PROTEIN_ALPHABET
+from seqembed.compute.backends.esm import PROTEIN_ALPHABET
 from seqembed.fasta import InputError, fasta_stats, read_fasta
 
 

@@ -2,8 +2,8 @@ import csv
 import json
 from collections import Counter
 
-from seqembed.plan import make_plan, planned_device, write_plan
-from seqembed.summary import failed_lines, render_table, summarize
+from seqembed.report.summary import failed_lines, render_table, summarize
+from seqembed.run.plan import make_plan, planned_device, write_plan
 
 
 def test_plan_lists_every_file_with_its_figures_and_a_device(fasta_set, tmp_path):
@@ -109,7 +109,7 @@ def test_speed_covers_only_files_computed_in_this_run():
 def test_failure_handler_names_missing_files_and_a_failed_step(tmp_path, capsys):
     from seqembed.layout import RunLayout
     from seqembed.output import write_json
-    from seqembed.summary import exit_code_after_failure
+    from seqembed.report.summary import exit_code_after_failure
 
     layout = RunLayout(str(tmp_path / "results"))
     files = {"a": "in/a.fasta", "b": "in/b.fasta"}

@@ -6,8 +6,13 @@ import shutil
 import pytest
 from conftest import REPO
 
-from seqembed.config import validate_config
-from seqembed.preflight import PreflightError, check_devices, check_model, preflight_in_subprocess
+from seqembed.run.config import validate_config
+from seqembed.run.preflight import (
+    PreflightError,
+    check_devices,
+    check_model,
+    preflight_in_subprocess,
+)
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from matplotlib.colors import to_hex
 
-from seqembed.summary import summarize
-from seqembed.timeline import OUTCOME_COLOURS, draw_timeline, lanes
+from seqembed.report.summary import summarize
+from seqembed.report.timeline import OUTCOME_COLOURS, draw_timeline, lanes
 
 
 def done(name, device, claimed, finished, **extra):

@@ -17,9 +17,9 @@ import time
 
 from conftest import REPO
 
-from seqembed import view
-from seqembed.display import RunDisplay
-from seqembed.progress import JobProgress, ProgressReader, publish_outcome, view_is_on
+from seqembed.job.progress import JobProgress, ProgressReader, publish_outcome, view_is_on
+from seqembed.report import view
+from seqembed.report.display import RunDisplay
 
 HOST = socket.gethostname()
 
@@ -129,9 +129,9 @@ def test_quiet_shows_no_view(tmp_path, monkeypatch):
 
 LIVE_SCRIPT = """
 import subprocess, sys, time
-from seqembed import view
-from seqembed.display import RunDisplay
-from seqembed.progress import JobProgress
+from seqembed.report import view
+from seqembed.report.display import RunDisplay
+from seqembed.job.progress import JobProgress
 
 state = sys.argv[1]
 JobProgress(state, "sample_a", total=400).update(status="running", device="cuda:0", done=100)

@@ -55,8 +55,8 @@ def test_hub_model_is_fetched_once_into_the_cache_before_the_jobs(tmp_path, mirr
 
 
 def test_jobs_never_download_a_model_missing_from_the_cache(tmp_path):
-    from seqembed.backends import ModelError
-    from seqembed.backends.esm import load_esm
+    from seqembed.compute.backends import ModelError
+    from seqembed.compute.backends.esm import load_esm
 
     with pytest.raises(ModelError, match=f"model {HUB_NAME} is not in the model cache"):
         load_esm(HUB_NAME, "cpu", torch.float32, str(tmp_path / "empty-cache"))

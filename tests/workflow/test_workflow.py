@@ -14,9 +14,9 @@ import torch
 from helpers import NAMES, jobs_to_run, make_workdir, mtimes, snakemake, summary_checked
 from reference import reference_embeddings
 
-from seqembed.backends.esm import PROTEIN_ALPHABET
+from seqembed.compute.backends.esm import PROTEIN_ALPHABET
 from seqembed.fasta import read_fasta
-from seqembed.summary import read_records, summarize
+from seqembed.report.summary import read_records, summarize
 
 pytestmark = pytest.mark.workflow
 

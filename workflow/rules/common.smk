@@ -1,6 +1,6 @@
 import os
 
-from seqembed.backends import resolve_precision
+from seqembed.compute.backends import resolve_precision
 from seqembed.devices import gpu_pool
 
 ENV = "../../envs/seqembed.yaml"

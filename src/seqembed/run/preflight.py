@@ -10,8 +10,14 @@ import os
 import re
 from pathlib import Path
 
+from seqembed.compute.models import (
+    FetchError,
+    cached_checkpoint,
+    fetch,
+    is_cached,
+    is_checkpoint_path,
+)
 from seqembed.devices import DeviceError, resolve_pool, slurm_job
-from seqembed.models import FetchError, cached_checkpoint, fetch, is_cached, is_checkpoint_path
 
 
 class PreflightError(Exception):
@@ -59,7 +65,7 @@ def check_devices(config: dict, environ=os.environ) -> list[str]:
 def _checkpoint_problem(path: Path) -> str | None:
     """Read the checkpoint's structure the way the jobs will, without materializing its
     tensors, so a 15B model is checked in seconds on any node."""
-    from seqembed.backends.esm import read_checkpoint
+    from seqembed.compute.backends.esm import read_checkpoint
 
     try:
         data = read_checkpoint(path)
@@ -131,7 +137,7 @@ def preflight_in_subprocess(config: dict, devices: bool = True) -> str | None:
     source = str(Path(__file__).resolve().parent.parent)
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [source, environ.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-m", "seqembed.preflight"],
+        [sys.executable, "-m", "seqembed.run.preflight"],
         input=json.dumps({"config": config, "devices": devices}),
         capture_output=True,
         text=True,

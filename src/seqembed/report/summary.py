@@ -14,7 +14,7 @@ from seqembed import runstate
 from seqembed.devices import lane_of
 from seqembed.layout import RunLayout
 from seqembed.output import write_atomically, write_json, write_text
-from seqembed.timeline import draw_timeline
+from seqembed.report.timeline import draw_timeline
 
 #: summary.json's layout, documented field by field in workflow/schemas/summary.schema.yaml
 SCHEMA_VERSION = 1

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from seqembed import faults
-from seqembed.batching import Batch, make_batches
+from seqembed.compute.batching import Batch, make_batches
 from seqembed.fasta import FastaRecords
 
 

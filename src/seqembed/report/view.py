@@ -1,7 +1,7 @@
 """What the live view shows: one line per device (the file on it, sequences done of its
 total) and the files done overall. Pure functions of the jobs' progress files (see
-seqembed.progress), so tests render it from recorded progress; drawing it on a terminal or
-as periodic plain lines is seqembed.display's business.
+seqembed.job.progress), so tests render it from recorded progress; drawing it on a terminal or
+as periodic plain lines is seqembed.report.display's business.
 
 The Snakefile announces a run here (`attach`) when it starts and ends it (`detach`) before
 its failure handler prints the summary; whatever display listens in the same process (the

@@ -24,7 +24,7 @@ def make_plan(files: Mapping[str, str], pool: list[str]) -> tuple[list[dict], di
     """Per file statistics plus a balanced assignment by residues (work grows with residues;
     the file size in bytes would also count header text)."""
     # imported here: every embed job imports this module for planned_device() alone
-    from seqembed.assign import assign
+    from seqembed.run.assign import assign
 
     stats = {name: fasta_stats(path) for name, path in files.items()}
     assignment = assign({name: s.residues for name, s in stats.items()}, pool)

@@ -1,4 +1,4 @@
-"""Drawing the live view (seqembed.view) for the Snakemake logger plugin.
+"""Drawing the live view (seqembed.report.view) for the Snakemake logger plugin.
 
 Modes, picked when a run is attached:
 - live: a terminal and verbosity normal. A Rich live area at the bottom, redrawn twice a
@@ -22,8 +22,8 @@ import threading
 import time
 from typing import TextIO
 
-from seqembed.progress import VIEW_ENV, ProgressReader
-from seqembed.view import (
+from seqembed.job.progress import VIEW_ENV, ProgressReader
+from seqembed.report.view import (
     RunInfo,
     clock,
     failure_line,

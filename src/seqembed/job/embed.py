@@ -1,5 +1,5 @@
 """One embed job: one FASTA file in, one embedding file and one record out (the failure
-semantics around it are in seqembed.attempts).
+semantics around it are in seqembed.job.attempts).
 
 Order matters: the input is checked before a device is claimed or a model loaded, so a bad
 file costs seconds, not a model load.
@@ -21,8 +21,9 @@ from pathlib import Path
 import psutil
 
 from seqembed import faults
-from seqembed.backends import backend_class, load_backend
-from seqembed.batching import CPU_TOKS_PER_BATCH, MemoryModel, fixed_budget, memory_budget
+from seqembed.compute.backends import backend_class, load_backend
+from seqembed.compute.batch_loop import embed_all
+from seqembed.compute.batching import CPU_TOKS_PER_BATCH, MemoryModel, fixed_budget, memory_budget
 from seqembed.devices import (
     claim_device,
     cuda_env_for,
@@ -32,10 +33,9 @@ from seqembed.devices import (
     torch_device_for,
 )
 from seqembed.fasta import read_fasta
+from seqembed.job.progress import JobProgress, view_is_on
 from seqembed.output import embedding_payload, write_atomically, write_json
-from seqembed.plan import planned_device
-from seqembed.progress import JobProgress, view_is_on
-from seqembed.runner import embed_all
+from seqembed.run.plan import planned_device
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class EmbedJob:
     fasta: str
     output: str
     record: str
-    config: dict  # validated (seqembed.config.validate_config)
+    config: dict  # validated (seqembed.run.config.validate_config)
     plan_path: str
     lock_dir: str
     state_dir: str

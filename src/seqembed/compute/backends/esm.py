@@ -11,9 +11,9 @@ import esm
 import torch
 from esm.model.esm2 import ESM2
 
-from seqembed.backends import ModelError, resolve_precision
-from seqembed.backends.attention import use_fused_attention
-from seqembed.models import cached_checkpoint, is_checkpoint_path
+from seqembed.compute.backends import ModelError, resolve_precision
+from seqembed.compute.backends.attention import use_fused_attention
+from seqembed.compute.models import cached_checkpoint, is_checkpoint_path
 
 # fair-esm's ESM-1b/ESM-2 alphabet without the gap symbols '.' and '-': an aligned FASTA is
 # not what these models were trained on, so it is reported instead of silently embedded.

@@ -43,7 +43,7 @@ def resolve_precision(precision: str, device: str) -> str:
 
 def backend_class(model: str) -> type:
     """Which backend serves `model`; only ESM-2 today, DNABERT-S is next."""
-    from seqembed.backends.esm import EsmBackend
+    from seqembed.compute.backends.esm import EsmBackend
 
     return EsmBackend
 

@@ -15,12 +15,12 @@ import time
 import traceback
 
 from seqembed import runstate
-from seqembed.backends import ModelError
+from seqembed.compute.backends import ModelError
+from seqembed.compute.batch_loop import SequenceTooLarge
 from seqembed.devices import DeviceError, slurm_job
-from seqembed.embed import EmbedJob, last_attempt_path, read_record, run_embed_job, write_record
 from seqembed.fasta import InputError
-from seqembed.progress import publish_outcome
-from seqembed.runner import SequenceTooLarge
+from seqembed.job.embed import EmbedJob, last_attempt_path, read_record, run_embed_job, write_record
+from seqembed.job.progress import publish_outcome
 
 
 class Aborted(Exception):
