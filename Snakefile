@@ -4,6 +4,7 @@ Quick start: `make demo`. Configuration: config/config.yaml (every key documente
 """
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -11,12 +12,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from seqembed import runstate
-from seqembed.report import view
-from seqembed.run.config import ConfigError, check_writable, input_files, validate_config
-from seqembed.devices import forget_allocation_locks, resolve_pool, slots_warning
+from seqembed.devices import resolve_pool, slots_warning
 from seqembed.layout import RunLayout
-from seqembed.run.preflight import preflight_in_subprocess
+from seqembed.report import view
 from seqembed.report.summary import exit_code_after_failure
+from seqembed.run.config import (
+    ConfigError,
+    check_writable,
+    input_files,
+    unusable_inputs,
+    validate_config,
+)
+from seqembed.run.preflight import preflight_in_subprocess
 
 
 # the documented defaults travel with the workflow; --configfile / --config override them
@@ -33,6 +40,9 @@ try:
     check_writable(config["output_dir"])
 except ConfigError as error:
     sys.exit(f"seqembed: {error}")
+UNUSABLE = unusable_inputs(config)
+for path, reason in UNUSABLE.items():
+    print(f"seqembed: warning: skipped input {path}: {reason}", file=sys.stderr)
 view.configure(config["verbosity"])
 
 LAYOUT = RunLayout(config["output_dir"])
@@ -66,7 +76,9 @@ onstart:
         sys.exit(f"seqembed: pre-flight failed: {failure}")
     # a fresh run: earlier failures no longer count towards an abort, speed is measured anew
     runstate.reset(LAYOUT.state, scheduler_pid=os.getpid())
-    forget_allocation_locks(LAYOUT.locks)
+    # an abort declared by any job, here or on a cluster node, stops this process as Ctrl-C
+    # would: nothing more is started or submitted, and onerror writes the summary
+    runstate.watch_for_abort(LAYOUT.state, lambda reason: os.kill(os.getpid(), signal.SIGINT))
     # the view lists this host's devices; on a cluster it learns the nodes' from the jobs
     pool = []
     if workflow.local_exec:
@@ -94,4 +106,4 @@ onstart:
 # lets a workflow choose it; its locks are still released).
 onerror:
     view.detach()
-    sys.exit(exit_code_after_failure(LAYOUT, FILES))
+    sys.exit(exit_code_after_failure(LAYOUT, FILES, OUTPUT_SETTINGS, UNUSABLE))

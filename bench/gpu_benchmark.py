@@ -29,9 +29,9 @@ import torch  # noqa: E402
 from seqembed.compute.backends.esm import EsmBackend, load_esm  # noqa: E402
 from seqembed.compute.batch_loop import embed_all  # noqa: E402
 from seqembed.compute.batching import fixed_budget, make_batches  # noqa: E402
+from seqembed.compute.embed_file import batch_budget  # noqa: E402
 from seqembed.demo import random_protein, read_length, save_esm2_checkpoint  # noqa: E402
 from seqembed.fasta import FastaRecords  # noqa: E402
-from seqembed.job.embed import batch_budget  # noqa: E402
 
 # name: (layers, width, heads)
 SHAPES = {
@@ -96,7 +96,7 @@ def run_seqembed(path: Path, records: FastaRecords, device: str, precision: str)
     """As an embed job does it: auto budget from the free memory once the model is in."""
     backend = EsmBackend.load(str(path), device=device, precision=precision, truncation=1022)
     layer = backend.num_layers
-    budget = batch_budget("auto", backend, [layer], device)
+    budget = batch_budget("auto", backend, [layer])
     warm = FastaRecords(records.ids[:8], records.sequences[:8])
     embed_all(backend, warm, [layer], budget, truncation=1022)
     synchronize(device)

@@ -14,8 +14,9 @@ run_or_record_failure(
         record=snakemake.log.record,
         config=dict(snakemake.config),
         plan_path=layout.plan_tsv,
-        lock_dir=layout.locks,
         state_dir=layout.state,
+        logs_dir=layout.worker_logs,
+        settings=dict(snakemake.params),
         threads=snakemake.threads,
         attempt=snakemake.resources.attempt,
     )

@@ -5,5 +5,9 @@ from seqembed.output import write_text
 from seqembed.report.summary import render_table, report_run
 
 snakemake = snakemake  # noqa: F821 - provided by Snakemake
-summary = report_run(RunLayout(snakemake.config["output_dir"]), dict(snakemake.params.files))
+summary = report_run(
+    RunLayout(snakemake.config["output_dir"]),
+    dict(snakemake.params.files),
+    unusable=dict(snakemake.params.unusable),
+)
 write_text(snakemake.log[0], render_table(summary) + "\n")  # the table, also kept

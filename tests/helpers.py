@@ -46,7 +46,15 @@ def snakemake(
 
 def make_workdir(workdir: Path, model: Path | str, **config) -> Path:
     make_fasta_set(workdir / "fasta")
-    settings = {"input_dir": "fasta", "model": str(model), "device": "cpu", "cpu_slots": 2}
+    # device claims in the test's own folder: a run on this machine outside the tests (and
+    # the other tests) never shares a device with it
+    settings = {
+        "input_dir": "fasta",
+        "model": str(model),
+        "device": "cpu",
+        "cpu_slots": 2,
+        "lock_dir": str(workdir / "locks"),
+    }
     (workdir / "config.yaml").write_text(yaml.safe_dump({**settings, **config}))
     return workdir
 

@@ -5,12 +5,16 @@ per-job CUDA_VISIBLE_DEVICES is set. So each job claims a device itself, with a
 non-blocking ``flock(LOCK_EX | LOCK_NB)`` on one lock file per device, and keeps the fd
 open for the life of the claim. The kernel drops the lock when the fd closes, so a job
 killed with SIGKILL (OOM killer, scancel) frees its device with no stale-lock cleanup.
-Lock files live under ``<lock_dir>/<hostname>/`` because under SLURM the output folder
-is shared between nodes and each node has its own GPUs. Inside a SLURM job the GPUs SLURM
-granted (its CUDA_VISIBLE_DEVICES) are the pool, whatever ``gpus`` says, and the locks live
-under ``<hostname>/slurm-<job id>/``: jobs of different allocations never compete for a
-label (with device cgroups every job sees its own GPU as 0), while the embed jobs that share
-one allocation (a job group, or Snakemake run inside ``salloc``) still take turns.
+
+A GPU belongs to the machine, not to a run: the lock files live in one folder per host that
+every run and every user shares (``lock_dir``, by default ``/tmp/seqembed-locks/<host>/``,
+on a local disk, where flock always works), so two runs with different output folders never
+compute on one GPU at once: the second waits, and says who holds the device. Inside a SLURM
+job the GPUs SLURM granted (its CUDA_VISIBLE_DEVICES) are the pool, whatever ``gpus`` says,
+and the locks live under ``<host>/slurm-<job id>/``: jobs of different allocations never
+compete for a label (with device cgroups every job sees its own GPU as 0), while the embed
+jobs that share one allocation (a job group, or Snakemake run inside ``salloc``) still take
+turns.
 
 flock locks belong to the open file description, so on Linux two ``open()`` calls of
 one file in one process conflict like two processes do. On NFS, however, flock is
@@ -28,18 +32,27 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import getpass
 import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
+
+from seqembed.errors import DeviceError
+
+__all__ = ["DeviceError"]
+
+#: shared by every run and user of a host (sticky and world-writable, like /tmp itself)
+DEFAULT_LOCK_ROOT = "/tmp/seqembed-locks"
 
 _held: dict[str, DeviceClaim] = {}  # lock file -> claim, for this process only
 _held_guard = threading.Lock()
@@ -59,10 +72,6 @@ def _forget_claims_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_claims_in_child)
-
-
-class DeviceError(Exception):
-    """No usable device: none visible, none free in time, or a bad device label."""
 
 
 def _parse_cvd(value: str) -> list[str]:
@@ -188,12 +197,24 @@ class DeviceClaim:
         self.release()
 
 
-def _try_lock(label: str, path: Path, holder: str) -> DeviceClaim | None:
+def _open_lock_file(path: Path) -> int:
+    """Read-write where possible: another user's lock file may be read-only to us, and
+    flock works on a read-only descriptor too (only the holder note is then not written)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    with suppress(OSError):  # only the creator may; the umask must not keep others out
+        os.fchmod(fd, 0o666)
+    return fd
+
+
+def _try_lock(label: str, path: Path, holder: str, note: Mapping) -> DeviceClaim | None:
     key = str(path)
     with _held_guard:
         if key in _held:
             return None
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = _open_lock_file(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BaseException as exc:
@@ -203,8 +224,10 @@ def _try_lock(label: str, path: Path, holder: str) -> DeviceClaim | None:
                 return None  # held by another process
             raise
         info = {
+            **note,
             "pid": os.getpid(),
             "hostname": socket.gethostname(),
+            "user": _user(),
             "label": label,
             "holder": holder,
             "time": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -216,35 +239,90 @@ def _try_lock(label: str, path: Path, holder: str) -> DeviceClaim | None:
         return claim
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _shared_folder(path: Path) -> None:
+    """Create `path` (and its parents) usable by every user of the host, as /tmp is."""
+    missing = []
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing.append(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in missing:
+        with suppress(OSError):
+            folder.chmod(0o1777)
+
+
+def lock_folder(lock_dir: str | os.PathLike | None) -> Path:
+    """Where this process claims devices: one folder per host (per allocation in SLURM)."""
+    folder = Path(lock_dir or DEFAULT_LOCK_ROOT).expanduser().resolve() / socket.gethostname()
+    if slurm_job():
+        folder = folder / f"slurm-{slurm_job()}"
+    return folder
+
+
+def check_locking(lock_dir: str | os.PathLike | None) -> str | None:
+    """None when device locks work in `lock_dir`; else one line saying why not. Some network
+    filesystems have no flock (or refuse it): every job would fail to claim a device."""
+    folder = lock_folder(lock_dir)
+    try:
+        _shared_folder(folder)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-") as probe:
+            fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(probe.fileno(), fcntl.LOCK_UN)
+    except OSError as error:
+        return (
+            f"device locks do not work in {folder} ({error.strerror or error}): set lock_dir "
+            "to a folder on a local disk (the default is /tmp/seqembed-locks)"
+        )
+    return None
+
+
+def read_holder(path: Path) -> dict:
+    """The note the holder of a lock file left in it ({} when unreadable or free)."""
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
 def claim_device(
     pool: Sequence[str],
-    lock_dir: str | Path,
+    lock_dir: str | Path | None,
     *,
     holder: str,
     prefer: Sequence[str] = (),
     avoid: Sequence[str] = (),
+    note: Mapping | None = None,
     poll_s: float = 0.5,
     timeout_s: float | None = None,
-    on_wait: Callable[[], None] | None = None,
+    on_wait: Callable[[dict[str, dict]], None] | None = None,
 ) -> DeviceClaim:
     """Claim one free device of ``pool``, waiting for one if all are taken.
 
-    Tries ``prefer`` (those in the pool) first, then the rest in pool order; ``avoid``
-    goes last but is still taken when nothing else is free. ``on_wait`` is called once,
-    on the first pass that finds nothing free. Raises DeviceError on an empty pool or
-    when ``timeout_s`` (None: wait forever) runs out.
+    Tries ``prefer`` (those in the pool) first, then the rest in pool order. ``avoid`` (the
+    devices earlier attempts of this file crashed on) is never taken while another device of
+    the pool exists: the claim waits for a healthy one, even when the avoided one is the only
+    free device; only when every device of the pool is avoided is any taken. ``note`` is
+    written into the lock file for whoever looks (a run's output folder). ``on_wait`` is
+    called once, on the first pass that finds nothing free, with the notes of the holders.
+    Raises DeviceError on an empty pool or when ``timeout_s`` (None: wait forever) runs out.
     """
     labels = list(dict.fromkeys(pool))
     if not labels:
         raise DeviceError("cannot claim a device from an empty pool")
     order = [p for p in dict.fromkeys(prefer) if p in labels]
     order += [p for p in labels if p not in order]
-    order = [p for p in order if p not in avoid] + [p for p in order if p in avoid]
+    order = [p for p in order if p not in avoid] or order
 
-    host_dir = Path(lock_dir).resolve() / socket.gethostname()
-    if slurm_job():
-        host_dir = host_dir / f"slurm-{slurm_job()}"
-    host_dir.mkdir(parents=True, exist_ok=True)
+    host_dir = lock_folder(lock_dir)
+    _shared_folder(host_dir)
     # Lock file names must be plain names: old-style MIG ids contain "/".
     paths = {p: host_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", p) + ".lock") for p in order}
 
@@ -252,16 +330,16 @@ def claim_device(
     waited = False
     while True:
         for label in order:
-            claim = _try_lock(label, paths[label], holder)
+            claim = _try_lock(label, paths[label], holder, note or {})
             if claim is not None:
                 return claim
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             raise DeviceError(
-                f"no free device in pool {labels} after {timeout_s}s (locks in {host_dir})"
+                f"no free device in pool {order} after {timeout_s}s (locks in {host_dir})"
             )
         if not waited and on_wait is not None:
-            on_wait()
+            on_wait({label: read_holder(paths[label]) for label in order})
         waited = True
         time.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - now)))
 
@@ -280,13 +358,6 @@ def cuda_env_for(label: str) -> dict[str, str]:
         return {}
     # PCI_BUS_ID: make CUDA number GPUs like nvidia-smi and /proc do.
     return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ident}
-
-
-def forget_allocation_locks(lock_dir: str | Path) -> None:
-    """Lock folders of SLURM allocations of earlier runs (one per job): a job still running
-    keeps its lock through its open file; new jobs have new job ids, so never meet them."""
-    for folder in Path(lock_dir).glob("*/slurm-*"):
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def lane_for(label: str, environ: Mapping[str, str] = os.environ) -> str:

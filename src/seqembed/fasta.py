@@ -10,9 +10,13 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from seqembed.errors import InputError
 
-class InputError(Exception):
-    """A problem with an input file; the message names the file and, where known, the line."""
+__all__ = ["FastaRecords", "FastaStats", "InputError", "fasta_stats", "read_fasta"]
+
+
+#: the UTF-8 byte-order mark some Windows editors write at the start of a file
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ def fasta_stats(path: str | os.PathLike) -> FastaStats:
     sequences = residues = longest = current = 0
     with open(path, "rb") as handle:
         for line in handle:
+            if line.startswith(BOM):
+                line = line[len(BOM) :]
             if line.startswith(b">"):
                 longest = max(longest, current)
                 sequences += 1
@@ -47,62 +53,90 @@ def fasta_stats(path: str | os.PathLike) -> FastaStats:
     return FastaStats(sequences, residues, max(longest, current), os.path.getsize(path))
 
 
+def _header_text(raw: bytes) -> str:
+    """Headers are free text in any encoding (Latin-1 from old tools): only the first word
+    is used, so an undecodable byte never fails the file."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def read_fasta(path: str | os.PathLike, alphabet: Iterable[str]) -> FastaRecords:
     """Read every record, checked before any model is loaded.
 
     Lenient, because real files look like this: lower case is upper-cased, a trailing stop
     `*` (translated reads end in one) is dropped, blank lines are skipped, duplicate ids are
-    kept (outputs are by position), a file with no sequences at all is valid and empty.
+    kept (outputs are by position), a UTF-8 byte-order mark is skipped, headers may hold any
+    encoding, a file with no sequences at all is valid and empty.
     Strict, because a silent wrong embedding is worse than a failed file: text before the
     first header, a header without a sequence or without an id, a character outside
     `alphabet` (an internal `*` included: split reads at stops first), binary content.
-    Each is an InputError naming the file, the line and the record.
+    Each is an InputError naming the file, the line where the problem is, and the record.
     """
     allowed = frozenset(alphabet)
     ids: list[str] = []
     sequences: list[str] = []
     chunks: list[str] = []
     header_line = 0
+    stop_line = 0  # the line whose last letter is a '*': fine only at the end of a record
+
+    def outside(number: int, letters) -> InputError:
+        shown = "".join(sorted(letters))
+        return InputError(
+            f"{path}: line {number}: record '{ids[-1]}' has characters outside the "
+            f"alphabet: {shown!r}"
+        )
 
     def finish() -> None:
-        sequence = "".join(chunks).upper()
+        sequence = "".join(chunks)
         if sequence.endswith("*"):
             sequence = sequence[:-1]
         if not sequence:
             raise InputError(f"{path}: line {header_line}: record '{ids[-1]}' has no sequence")
-        bad = set(sequence) - allowed
-        if bad:
-            shown = "".join(sorted(bad))
-            raise InputError(
-                f"{path}: line {header_line}: record '{ids[-1]}' has characters outside the "
-                f"alphabet: {shown!r}"
-            )
         sequences.append(sequence)
 
     try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if "\x00" in line:
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if number == 1 and raw.startswith(BOM):
+                    raw = raw[len(BOM) :]
+                if b"\x00" in raw:
                     raise InputError(f"{path}: line {number}: binary content, not a FASTA file")
-                line = line.strip()
-                if line.startswith(">"):
+                raw = raw.strip()
+                if raw.startswith(b">"):
                     if ids:
                         finish()
-                    if not line[1:].strip():
+                    words = _header_text(raw[1:]).split(maxsplit=1)
+                    if not words:
                         raise InputError(f"{path}: line {number}: header without an id")
-                    ids.append(line[1:].split(maxsplit=1)[0])
+                    ids.append(words[0])
                     header_line = number
                     chunks = []
-                elif line:
+                    stop_line = 0
+                elif raw:
+                    try:
+                        line = raw.decode("ascii").upper()
+                    except UnicodeDecodeError:
+                        if not ids:
+                            raise InputError(
+                                f"{path}: line {number}: binary content, not a FASTA file"
+                            ) from None
+                        raise outside(number, set(_header_text(raw)) - allowed) from None
                     if not ids:
                         raise InputError(
                             f"{path}: line {number}: not FASTA: text before the first '>' header"
                         )
+                    if stop_line:  # a '*' ended the line before: it was not the end
+                        raise outside(stop_line, "*")
+                    if not allowed.issuperset(line):
+                        bad = set(line) - allowed
+                        if bad - {"*"} or line.index("*") != len(line) - 1:
+                            raise outside(number, bad)
+                        stop_line = number
                     chunks.append(line)
         if ids:
             finish()
-    except UnicodeDecodeError as error:
-        raise InputError(f"{path}: binary content, not a FASTA file ({error.reason})") from None
     except OSError as error:
         raise InputError(f"{path}: cannot read: {error.strerror}") from None
     return FastaRecords(ids, sequences)

@@ -38,8 +38,9 @@ class RunLayout:
         return self._path("failed_files.txt")
 
     @property
-    def locks(self) -> str:
-        return self._path(".seqembed", "locks")
+    def worker_logs(self) -> str:
+        """One log per device and host: when each worker started, what it served, why it ended."""
+        return self._path("logs", "workers")
 
     @property
     def state(self) -> str:

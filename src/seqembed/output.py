@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+from seqembed.errors import OutputError
 
 
 def _umask() -> int:
@@ -20,26 +24,54 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()
 
 
-def write_atomically(
+def write_temporary(
     path: str | os.PathLike, write: Callable[[IO[bytes]], None], durable: bool = True
-) -> None:
-    """Write to a hidden temporary file in the same folder, flush it to disk (unless not
-    `durable`: the file is worth nothing after a crash), then rename: the rename is atomic on
-    POSIX, so readers (and a rerun after a crash) see the whole file or none."""
+) -> Path:
+    """Write a hidden temporary file in `path`'s folder and flush it to disk (unless not
+    `durable`: the file is worth nothing after a crash); returns its path, for `commit`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(handle, FILE_MODE)
     try:
+        os.fchmod(handle, FILE_MODE)
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
             if durable:
                 os.fsync(stream.fileno())
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return Path(temporary)
+
+
+def commit(temporary: str | os.PathLike, path: str | os.PathLike) -> None:
+    """The rename is atomic on POSIX: readers (and a rerun after a crash) see the whole file
+    or none."""
+    try:
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_atomically(
+    path: str | os.PathLike, write: Callable[[IO[bytes]], None], durable: bool = True
+) -> None:
+    commit(write_temporary(path, write, durable), path)
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """What writers of `path` killed mid-write left behind (never the final name)."""
+    target = Path(path)
+    return list(target.parent.glob(f".{glob.escape(target.name)}.*.tmp"))
+
+
+def output_error(path: str | os.PathLike, error: OSError) -> OutputError:
+    """One line naming the path and the OS error (disk full, read-only, quota)."""
+    code = errno.errorcode.get(error.errno or 0, "")
+    reason = error.strerror or str(error)
+    return OutputError(f"{path}: cannot write: {reason}" + (f" ({code})" if code else ""))
 
 
 def write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None:

@@ -101,7 +101,7 @@ def test_demo_workflow_through_sbatch_with_granted_gpus_failures_and_rerun(
     assert result.returncode == 2, result.stderr[-3000:]
     # the job's own error line went to SLURM's log; the view prints it from the progress
     # files, and leaves out the plugin's line per submitted job
-    assert "seqembed: InputError: fasta/broken.fasta: line 3" in result.stderr
+    assert "seqembed: InputError: fasta/broken.fasta: line 4" in result.stderr
     assert "has been submitted with SLURM jobid" not in result.stderr
     assert_embeddings_correct(workdir, tiny_model, NAMES)
     jobs = {}
@@ -113,7 +113,7 @@ def test_demo_workflow_through_sbatch_with_granted_gpus_failures_and_rerun(
         jobs[name] = done["slurm_job_id"]
     assert len(set(jobs.values())) == len(NAMES)
     assert failed_lines(workdir) == [
-        "fasta/broken.fasta|InputError|fasta/broken.fasta: line 3: record 'b' has characters "
+        "fasta/broken.fasta|InputError|fasta/broken.fasta: line 4: record 'b' has characters "
         "outside the alphabet: '7'"
     ]
     assert record(workdir, "broken")["slurm_job_id"]

@@ -2,7 +2,12 @@ import random
 
 import pytest
 
-from seqembed.compute.batching import MemoryModel, fixed_budget, make_batches, memory_budget
+from seqembed.compute.batching import (
+    USABLE_MEMORY_SHARE,
+    fixed_budget,
+    make_batches,
+    memory_budget,
+)
 
 
 def lengths_sample(count=500, seed=3):
@@ -29,21 +34,22 @@ def test_batches_are_as_full_as_the_budget_allows():
     assert [len(batch.indices) for batch in batches] == [10] * 5
 
 
-def test_memory_budget_gives_fewer_sequences_per_batch_as_length_grows():
-    memory = MemoryModel(embed_dim=1280, attention_heads=20, kept_layers=1, bytes_per_value=2)
-    budget = memory_budget(40 * 2**30, memory)
+def test_memory_budget_follows_the_measured_cost_per_sequence():
+    def cost(tokens):  # bytes per sequence: linear plus a quadratic part
+        return 300_000 * tokens + 200 * tokens * tokens
+
+    budget = memory_budget(40 * 2**30, cost)
     per_batch = [budget(tokens) // tokens for tokens in (100, 300, 1024)]
     assert per_batch[0] > per_batch[1] > per_batch[2] >= 1
-    # attention grows with length squared: tokens per batch shrink too
-    assert budget(100) > budget(300) > budget(1024)
-    # what the model predicts for one batch stays inside the usable memory
+    # what fits in the usable share of the free memory, and no more
     for tokens in (100, 300, 1024):
-        assert (budget(tokens) // tokens) * memory.bytes_per_sequence(tokens) <= 40 * 2**30
+        sequences = budget(tokens) // tokens
+        assert sequences * cost(tokens) <= 40 * 2**30 * USABLE_MEMORY_SHARE
+        assert (sequences + 1) * cost(tokens) > 40 * 2**30 * USABLE_MEMORY_SHARE
 
 
 def test_no_memory_still_runs_one_sequence_at_a_time():
-    memory = MemoryModel(embed_dim=1280, attention_heads=20, kept_layers=1, bytes_per_value=2)
-    assert memory_budget(0, memory)(1024) == 1024
+    assert memory_budget(0, lambda tokens: 1e6)(1024) == 1024
 
 
 def test_empty_file_gives_no_batches():

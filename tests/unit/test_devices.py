@@ -192,12 +192,36 @@ def test_prefer_and_avoid_order(tmp_path):
         assert c.label == "cpu:1"
     with claim_device(pool, tmp_path, prefer=["cpu:0"], avoid=["cpu:0"], **kw) as c:
         assert c.label == "cpu:1"  # avoid wins over prefer
-    with (
-        claim_device(pool, tmp_path, avoid=["cpu:0"], **kw) as c1,
-        claim_device(pool, tmp_path, avoid=["cpu:0"], **kw) as c2,
-        claim_device(pool, tmp_path, avoid=["cpu:0"], **kw) as c3,
-    ):
-        assert [c1.label, c2.label, c3.label] == ["cpu:1", "cpu:2", "cpu:0"]
+
+
+def test_a_retry_waits_for_a_healthy_device_rather_than_take_the_one_it_crashed_on(tmp_path):
+    # every other device busy: the avoided one is free, and still not taken
+    pool = ["cpu:0", "cpu:1", "cpu:2"]
+    kw = {"holder": "t", "timeout_s": 0}
+    with claim_device(pool, tmp_path, avoid=["cpu:0"], **kw) as c1:
+        with claim_device(pool, tmp_path, avoid=["cpu:0"], **kw) as c2:
+            assert [c1.label, c2.label] == ["cpu:1", "cpu:2"]
+            with pytest.raises(DeviceError, match="no free device in pool"):
+                claim_device(pool, tmp_path, avoid=["cpu:0", "cpu:2"], **kw)
+        # one healthy device free again: taken
+        with claim_device(pool, tmp_path, avoid=["cpu:0", "cpu:1"], **kw) as c3:
+            assert c3.label == "cpu:2"
+    # every device of the pool failed this file: any is better than none
+    with claim_device(["cpu:0"], tmp_path, avoid=["cpu:0"], **kw) as c:
+        assert c.label == "cpu:0"
+
+
+def test_the_waiting_job_learns_who_holds_the_device(tmp_path):
+    first = claim_device(["cuda:0"], tmp_path, holder="a", note={"output_dir": "/data/run1"})
+    seen = []
+    with pytest.raises(DeviceError):
+        claim_device(
+            ["cuda:0"], tmp_path, holder="b", timeout_s=0.05, poll_s=0.01, on_wait=seen.append
+        )
+    first.release()
+    (holders,) = seen
+    assert holders["cuda:0"]["output_dir"] == "/data/run1"
+    assert holders["cuda:0"]["holder"] == "a" and holders["cuda:0"]["pid"] == os.getpid()
 
 
 def test_empty_pool_raises(tmp_path):
@@ -212,7 +236,7 @@ def test_second_claim_in_same_process_waits_then_times_out(tmp_path):
     with pytest.raises(DeviceError, match=r"cuda:0.*" + socket.gethostname()):
         claim_device(
             ["cuda:0"], tmp_path, holder="b", poll_s=0.02, timeout_s=0.2,
-            on_wait=lambda: waits.append(1),
+            on_wait=lambda holders: waits.append(1),
         )  # fmt: skip
     assert 0.15 < time.monotonic() - t0 < 2
     assert waits == [1]

@@ -20,7 +20,10 @@ SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 
 
 def make_job(tmp_path, fasta, model, **settings) -> EmbedJob:
-    config = validate_config({"model": str(model), "device": "cpu", **settings}, SCHEMA)
+    """A job as the embed rule makes it, computing in its own process (worker: per_file): the
+    resident worker has tests of its own (test_worker.py)."""
+    defaults = {"device": "cpu", "worker": "per_file", "lock_dir": str(tmp_path / "locks")}
+    config = validate_config({"model": str(model), **defaults, **settings}, SCHEMA)
     return EmbedJob(
         name=fasta.stem,
         fasta=str(fasta),
@@ -28,8 +31,9 @@ def make_job(tmp_path, fasta, model, **settings) -> EmbedJob:
         record=str(tmp_path / "records" / f"{fasta.stem}.json"),
         config=config,
         plan_path=str(tmp_path / "no-plan.tsv"),
-        lock_dir=str(tmp_path / "locks"),
         state_dir=str(tmp_path / "state"),
+        logs_dir=str(tmp_path / "logs"),
+        settings={"model": str(model), "truncation": config["truncation"]},
     )
 
 
@@ -111,7 +115,7 @@ def test_bad_input_fails_with_one_line_and_a_failure_record(tmp_path, tiny_model
     message = str(exit_info.value)
     assert "\n" not in message
     assert message == (
-        f"seqembed: InputError: {fasta}: line 3: record 'bad' has characters outside the "
+        f"seqembed: InputError: {fasta}: line 4: record 'bad' has characters outside the "
         "alphabet: '7'"
     )
     record = json.loads(open(job.record).read())

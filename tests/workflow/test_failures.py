@@ -44,10 +44,10 @@ def test_malformed_file_fails_alone_and_a_rerun_after_the_fix_redoes_only_it(wor
     result = snakemake(workdir)
     assert result.returncode == 2, result.stderr
     assert failed_lines(workdir) == [
-        "fasta/broken.fasta|InputError|fasta/broken.fasta: line 3: record 'b' has characters "
+        "fasta/broken.fasta|InputError|fasta/broken.fasta: line 4: record 'b' has characters "
         "outside the alphabet: '7'"
     ]
-    assert "seqembed: InputError: fasta/broken.fasta: line 3" in result.stderr
+    assert "seqembed: InputError: fasta/broken.fasta: line 4" in result.stderr
     assert "seqembed: 1 of 5 files failed: see results/failed_files.txt" in result.stdout
     assert_embeddings_correct(workdir, tiny_model, NAMES)
     summary = summary_checked(workdir)
@@ -249,7 +249,7 @@ def test_quiet_prints_errors_and_the_final_table_only(workdir):
     (workdir / "fasta" / "broken.fasta").write_text(">a\nMKV\n>b\nMK7V\n")
     result = snakemake(workdir, "--config", "verbosity=quiet")
     assert result.returncode == 2, result.stderr
-    assert "seqembed: InputError: fasta/broken.fasta: line 3" in result.stderr
+    assert "seqembed: InputError: fasta/broken.fasta: line 4" in result.stderr
     for chatter in ("seqembed  files", "Job stats", "Building DAG", "rule embed", "sequences on"):
         assert chatter not in result.stderr, chatter
     assert re.search(r"^total +4 ", result.stdout, re.M), result.stdout

@@ -14,6 +14,15 @@ ON_GPU = config["device"] == "cuda" or (
 # what precision auto means here: the numbers differ between fp16 and fp32, so the resolved
 # value is what makes an embedding stale, not the word "auto"
 PRECISION = resolve_precision(config["precision"], "cuda" if ON_GPU else "cpu")
+# exactly the settings that change the numbers: editing one reruns every file (they are the
+# embed rule's params); gpus, toks_per_batch, worker and verbosity never make a file stale
+OUTPUT_SETTINGS = {
+    "model": config["model"],
+    "layers": config["layers"],
+    "truncation": config["truncation"],
+    "precision": PRECISION,
+    "output_layout": config["output_layout"],
+}
 
 
 def embed_threads(wildcards):

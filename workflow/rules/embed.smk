@@ -16,13 +16,8 @@ rule embed:
     resources:
         gpu=1,
         attempt=lambda wildcards, attempt: attempt,
-    # exactly the settings that change the numbers: editing one reruns every file; gpus,
-    # toks_per_batch and verbosity are read from config and never make a file stale
+    # exactly the settings that change the numbers (common.smk)
     params:
-        model=config["model"],
-        layers=config["layers"],
-        truncation=config["truncation"],
-        precision=PRECISION,
-        output_layout=config["output_layout"],
+        **OUTPUT_SETTINGS,
     script:
         "../../scripts/embed.py"

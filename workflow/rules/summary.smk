@@ -16,5 +16,6 @@ rule summary:
         ENV
     params:
         files=FILES,
+        unusable=UNUSABLE,
     script:
         "../../scripts/summary.py"

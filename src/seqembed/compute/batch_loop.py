@@ -4,26 +4,35 @@ An out-of-memory error halves the batch that hit it and caps the budget for the 
 file at half that batch: memory that was short once stays short (other processes, fragmented
 allocator), and retrying full-size batches would fail again and again. Only a single sequence
 that does not fit alone fails the file.
+
+Feeding a GPU: the next batch's tokens are built (and pinned) in a second thread while the
+device computes the current one, copied without blocking, and the pooled vectors stay on the
+device until the file is done, so the host and the device meet once per batch, not per layer.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from seqembed import faults
 from seqembed.compute.batching import Batch, make_batches
+from seqembed.errors import DeviceError, SequenceTooLarge
 from seqembed.fasta import FastaRecords
 
+__all__ = ["EmbedResult", "SequenceTooLarge", "embed_all", "is_out_of_memory"]
 
-class SequenceTooLarge(Exception):
-    """Out of memory with a batch of one sequence: the file cannot be done on this device."""
+#: pooled vectors are kept on the device up to this size, else gathered on the host per batch
+DEVICE_GATHER_BYTES = 1 << 30
+#: words of the errors a CUDA device raises when it is left unusable
+DEVICE_FAILURE_WORDS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error")
 
 
 @dataclass
 class EmbedResult:
-    pooled: dict  # layer -> float32 tensor [n_sequences, dim], input order
+    pooled: dict  # layer -> float32 tensor [n_sequences, dim] on the CPU, input order
     batches: int  # batches that completed
     computed_tokens: int  # padded tokens of the batches that completed
     oom_backoffs: int
@@ -43,10 +52,31 @@ def first_occurrences(sequences: list[str], truncation: int) -> tuple[list[int],
     return sorted(first_of.values()), source
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's OutOfMemoryError, and the plain RuntimeErrors some CUDA paths raise instead
+    ("CUDA out of memory", cuBLAS failing to allocate its workspace)."""
     import torch
 
-    return isinstance(error, torch.OutOfMemoryError)
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in text.lower() or "ALLOC_FAILED" in text
+    )
+
+
+def device_failure(error: BaseException) -> DeviceError | None:
+    """A CUDA error other than out-of-memory leaves the device (and the process's context on
+    it) unusable: the worker must end and the file go to another device."""
+    import torch
+
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    text = " ".join(str(error).split())
+    if isinstance(error, accelerator_error) or (
+        isinstance(error, RuntimeError) and any(word in text for word in DEVICE_FAILURE_WORDS)
+    ):
+        return DeviceError(f"device failed: {text[:300]}")
+    return None
 
 
 def _free_memory(device) -> None:
@@ -68,9 +98,12 @@ def embed_all(
     truncation: int,
     progress: Callable[[str], None] = lambda message: None,
     advanced: Callable[[int], None] = lambda sequences_done: None,
+    check_stop: Callable[[], None] = lambda: None,
+    name: str | None = None,
 ) -> EmbedResult:
     """`progress` gets a line per batch (verbose output); `advanced` the sequences of the
-    file done so far, copies of identical sequences included."""
+    file done so far, copies of identical sequences included; `check_stop` is called after
+    every batch and raises to stop the file (the run was aborted, the job is gone)."""
     import torch
 
     lengths = [len(sequence) for sequence in records.sequences]
@@ -88,8 +121,13 @@ def embed_all(
         )
         return [Batch([indices[i] for i in b.indices], b.padded_length) for b in local]
 
-    pending = deque(batches_of(unique, budget))
-    pooled = {layer: torch.zeros(len(lengths), backend.embed_dim) for layer in layers}
+    device = getattr(backend, "device", torch.device("cpu"))
+    on_device = len(lengths) * backend.embed_dim * 4 * len(layers) <= DEVICE_GATHER_BYTES
+    gather_device = device if on_device else torch.device("cpu")
+    pooled = {
+        layer: torch.zeros(len(lengths), backend.embed_dim, device=gather_device)
+        for layer in layers
+    }
     result = EmbedResult(
         pooled,
         batches=0,
@@ -98,52 +136,70 @@ def embed_all(
         unique_sequences=len(unique),
         real_tokens=sum(tokens_of[i] for i in unique),
     )
-    while pending:
-        batch = pending.popleft()
-        embedded = None
-        try:
-            faults.maybe_raise_oom(batch.computed_tokens)
-            embedded = backend.embed([records.sequences[i] for i in batch.indices], layers)
-            faults.maybe_slow_batch()
-        except Exception as error:
-            if not _is_out_of_memory(error):
-                raise
-        if embedded is None:
-            # out of memory; outside the except block, whose traceback held the batch's
-            # tensors, so the cache can really be emptied
-            _free_memory(getattr(backend, "device", None))
-            if len(batch.indices) == 1:
-                index = batch.indices[0]
-                raise SequenceTooLarge(
-                    f"sequence '{records.ids[index]}' ({lengths[index]} residues, "
-                    f"{tokens_of[index]} tokens) does not fit in memory even alone"
+
+    def prepare(batch: Batch):
+        return backend.prepare([records.sequences[i] for i in batch.indices])
+
+    pending = deque(batches_of(unique, budget))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqembed-prepare") as helper:
+        upcoming = helper.submit(prepare, pending[0]) if pending else None
+        while pending:
+            batch = pending.popleft()
+            prepared = upcoming.result()
+            upcoming = helper.submit(prepare, pending[0]) if pending else None
+            embedded = None
+            try:
+                faults.maybe_raise_oom(batch.computed_tokens, name)
+                faults.maybe_raise_device_error(name)
+                embedded = backend.forward(prepared, layers)
+                faults.maybe_slow_batch(name)
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    failure = device_failure(error)
+                    if failure is None:
+                        raise
+                    raise failure from error
+            del prepared
+            if embedded is None:
+                # out of memory; outside the except block, whose traceback held the batch's
+                # tensors, so the cache can really be emptied
+                _free_memory(device)
+                if len(batch.indices) == 1:
+                    index = batch.indices[0]
+                    raise SequenceTooLarge(
+                        f"sequence '{records.ids[index]}' ({lengths[index]} residues, "
+                        f"{tokens_of[index]} tokens) does not fit in memory even alone"
+                    )
+                result.oom_backoffs += 1
+                cap = batch.computed_tokens // 2
+                remaining = batch.indices + [i for b in pending for i in b.indices]
+
+                def limit(tokens: int, capped: int = cap) -> int:
+                    return min(budget(tokens), capped)
+
+                pending = deque(batches_of(remaining, limit))
+                # the batch prepared ahead belongs to the old plan
+                upcoming = helper.submit(prepare, pending[0]) if pending else None
+                progress(
+                    f"out of memory with {len(batch.indices)} sequences x "
+                    f"{batch.padded_length} tokens: batches capped at {cap} tokens"
                 )
-            result.oom_backoffs += 1
-            cap = batch.computed_tokens // 2
-            remaining = batch.indices + [i for b in pending for i in b.indices]
-
-            def limit(tokens: int, capped: int = cap) -> int:
-                return min(budget(tokens), capped)
-
-            pending = deque(batches_of(remaining, limit))
+                continue
+            index = torch.tensor(batch.indices, device=gather_device)
+            for layer in layers:
+                pooled[layer].index_copy_(0, index, embedded[layer].to(gather_device))
+            result.batches += 1
+            result.computed_tokens += batch.computed_tokens
+            sequences_done += sum(copies[i] for i in batch.indices)
+            advanced(sequences_done)
             progress(
-                f"out of memory with {len(batch.indices)} sequences x "
-                f"{batch.padded_length} tokens: batches capped at {cap} tokens"
+                f"batch {result.batches}: {len(batch.indices)} sequences x "
+                f"{batch.padded_length} tokens, {len(pending)} batches left"
             )
-            continue
-        index = torch.tensor(batch.indices)
-        for layer in layers:
-            pooled[layer][index] = embedded[layer]
-        result.batches += 1
-        result.computed_tokens += batch.computed_tokens
-        sequences_done += sum(copies[i] for i in batch.indices)
-        advanced(sequences_done)
-        progress(
-            f"batch {result.batches}: {len(batch.indices)} sequences x {batch.padded_length} "
-            f"tokens, {len(pending)} batches left"
-        )
-    if len(unique) < len(lengths):
-        copies = torch.tensor(source)
-        for layer in layers:
-            pooled[layer] = pooled[layer][copies]
+            check_stop()
+    for layer in layers:
+        values = pooled[layer].cpu()  # one copy back per file
+        if len(unique) < len(lengths):
+            values = values[torch.tensor(source)]
+        pooled[layer] = values
     return result

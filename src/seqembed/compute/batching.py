@@ -1,8 +1,8 @@
 """Length-sorted batching under a token budget.
 
 Sorting by length keeps padding low; the budget is in padded tokens (sequences x longest),
-and with `toks_per_batch: auto` it shrinks as sequences get longer, because attention memory
-grows with length squared: a budget that is safe for 100-residue reads would not be for a
+and with `toks_per_batch: auto` it follows the memory a sequence of that length was measured
+to take on the device, so a budget that is safe for 100-residue reads is still safe for a
 1,000-residue protein.
 """
 
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 #: faster than fair-esm's default of 4,096 (benchmarks/ has the figures).
 CPU_TOKS_PER_BATCH = 1024
 #: share of the free device memory (after the model is loaded) that batches may use: the rest
-#: absorbs the allocator's fragmentation, the output copies and the model's error; an
-#: underestimate costs one out-of-memory back-off, not the file.
-USABLE_MEMORY_SHARE = 0.6
+#: absorbs the allocator's fragmentation and the other process's allocations; the per-token
+#: cost is measured, not modelled, so no more margin is needed. An overestimate costs one
+#: out-of-memory back-off, not the file.
+USABLE_MEMORY_SHARE = 0.85
 
 
 @dataclass(frozen=True)
@@ -30,35 +31,15 @@ class Batch:
         return len(self.indices) * self.padded_length
 
 
-@dataclass(frozen=True)
-class MemoryModel:
-    """Peak activation bytes of one inference forward pass, per sequence of T tokens.
-
-    Live at the peak of one transformer layer: the residual stream, q/k/v, the attention output
-    and the 4x feed-forward expansion with its activation temporaries (about 16 x T x dim),
-    per head the T x T scores in the model's precision, fair-esm's softmax in fp32 and its
-    cast back (3 x bytes + 4 per entry), the requested representations kept until the end, and
-    the logits.
-    """
-
-    embed_dim: int
-    attention_heads: int
-    kept_layers: int
-    bytes_per_value: int
-    vocabulary: int = 33
-
-    def bytes_per_sequence(self, tokens: int) -> int:
-        linear = tokens * (self.embed_dim * (16 + self.kept_layers) + self.vocabulary)
-        attention = self.attention_heads * tokens * tokens * (3 * self.bytes_per_value + 4)
-        return linear * self.bytes_per_value + attention
-
-
-def memory_budget(free_bytes: int, memory: MemoryModel) -> Callable[[int], int]:
-    """Token budget for a batch whose sequences are `tokens` long, from free device memory."""
+def memory_budget(
+    free_bytes: int, bytes_per_sequence: Callable[[int], float]
+) -> Callable[[int], int]:
+    """Token budget for a batch whose sequences are `tokens` long, from free device memory and
+    the measured peak bytes of one sequence of that length (seqembed.compute.memory)."""
     usable = int(free_bytes * USABLE_MEMORY_SHARE)
 
     def budget(tokens: int) -> int:
-        return max(1, usable // memory.bytes_per_sequence(tokens)) * tokens
+        return max(1, int(usable // max(1.0, bytes_per_sequence(tokens)))) * tokens
 
     return budget
 

@@ -1,29 +1,29 @@
 """One embed job: one FASTA file in, one embedding file and one record out (the failure
 semantics around it are in seqembed.job.attempts).
 
-Order matters: the input is checked before a device is claimed or a model loaded, so a bad
-file costs seconds, not a model load.
+Order matters: the input is checked before a device is claimed or a model touched, so a bad
+file costs a fraction of a second. The computing happens in the claimed device's resident
+worker (seqembed.compute.worker), or with `worker: per_file` in this process; either way the
+output arrives under a temporary name, and the job renames it only after a last look at the
+run: an abort that came meanwhile wins.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
-import json
+import csv
 import os
 import resource
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from seqembed import faults
-from seqembed.compute.backends import backend_class, load_backend
-from seqembed.compute.batch_loop import embed_all
-from seqembed.compute.batching import CPU_TOKS_PER_BATCH, MemoryModel, fixed_budget, memory_budget
+from seqembed import faults, runstate
+from seqembed.compute.backends import alphabet_for
 from seqembed.devices import (
     claim_device,
     cuda_env_for,
@@ -32,10 +32,11 @@ from seqembed.devices import (
     slurm_job,
     torch_device_for,
 )
+from seqembed.errors import Aborted
 from seqembed.fasta import read_fasta
 from seqembed.job.progress import JobProgress, view_is_on
-from seqembed.output import embedding_payload, write_atomically, write_json
-from seqembed.run.plan import planned_device
+from seqembed.job.records import input_stamp, keep_receipt, write_record
+from seqembed.output import commit, output_error, stale_temporaries
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,10 @@ class EmbedJob:
     record: str
     config: dict  # validated (seqembed.run.config.validate_config)
     plan_path: str
-    lock_dir: str
     state_dir: str
+    logs_dir: str
+    #: the settings that make an embedding stale (the embed rule's params)
+    settings: dict = field(default_factory=dict)
     threads: int = 1
     attempt: int = 1
 
@@ -64,70 +67,127 @@ def news_level() -> str:
     return "verbose" if view_is_on() else "normal"
 
 
-def batch_budget(toks_per_batch, backend, layers: list[int], torch_device: str):
-    """A fixed budget, or with "auto" one sized from the free memory once the model is in."""
-    if toks_per_batch != "auto":
-        return fixed_budget(int(toks_per_batch))
-    if not torch_device.startswith("cuda"):
-        return fixed_budget(CPU_TOKS_PER_BATCH)
-    import torch
-
-    free_bytes, _ = torch.cuda.mem_get_info()
-    memory = MemoryModel(
-        embed_dim=backend.embed_dim,
-        attention_heads=backend.attention_heads,
-        kept_layers=len(layers),
-        bytes_per_value=torch.finfo(backend.dtype).bits // 8,
-    )
-    return memory_budget(free_bytes, memory)
-
-
-def read_record(path: str) -> dict | None:
+def planned_device(tsv: str | os.PathLike, name: str) -> str | None:
+    """The planned device for `name`, or None while the plan does not exist (yet) or does not
+    list the file: the plan rule may still be running when the first jobs start."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        with open(tsv, newline="") as handle:
+            for row in csv.DictReader(handle, delimiter="\t"):
+                if row["name"] == name:
+                    return row["device"]
+    except (OSError, KeyError, csv.Error):
         return None
+    return None
 
 
-def last_attempt_path(job: EmbedJob) -> Path:
-    # Snakemake deletes a job's log (the record) before each attempt, so the retry learns
-    # what happened to the attempt before it from this copy
-    return Path(job.state_dir) / "attempts" / f"{job.name}.json"
+def waiting_news(job: EmbedJob, holders: dict[str, dict]) -> None:
+    """Waiting for a device is routine within a run; a device held by another run or user is
+    not, and is said at any verbosity but quiet."""
+    output_dir = str(Path(job.plan_path).resolve().parent)
+    others = [
+        f"{label} by {note.get('user', '?')} (pid {note.get('pid', '?')}, "
+        f"output {note.get('output_dir', '?')})"
+        for label, note in holders.items()
+        if note and note.get("output_dir") != output_dir
+    ]
+    if others:
+        say(
+            job.config,
+            "normal",
+            f"{job.name}: waiting for a device held by another run: " + "; ".join(others),
+        )
+    else:
+        say(job.config, news_level(), f"{job.name}: waiting for a free device")
 
 
-def write_record(job: EmbedJob, record: dict) -> None:
-    write_json(job.record, record)
-    write_json(last_attempt_path(job), record)
+def worker_settings(job: EmbedJob, label: str) -> dict:
+    """Everything that shapes the loaded network: a worker holding other settings is replaced."""
+    config = job.config
+    torch_device = "cpu" if faults.gpu_computes_on_cpu() else torch_device_for(label)
+    return {
+        "device": label,
+        "torch_device": torch_device,
+        "model": config["model"],
+        "model_cache": config["model_cache"],
+        "precision": config["precision"],
+        "truncation": config["truncation"],
+        "threads": max(1, job.threads),
+    }
 
 
-def _remove_stale_temporaries(output: str) -> None:
-    # a job killed mid-write leaves its hidden temporary behind (never the final name)
-    target = Path(output)
-    for stale in glob.glob(str(target.parent / f".{glob.escape(target.name)}.*.tmp")):
-        Path(stale).unlink(missing_ok=True)
+def compute(job: EmbedJob, label: str, request: dict, on_event) -> dict:
+    """The file through the model on `label`; the worker's figures plus how the model was
+    found: loaded already, or loaded for this file (and how long that took)."""
+    settings = worker_settings(job, label)
+    if job.config["worker"] == "per_file" or not request["ids"]:
+        # the way back, and an empty file (no device, nothing to compute): this process is
+        # its own worker
+        from seqembed.compute.embed_file import embed_file, stop_when
+        from seqembed.compute.worker import load_model
+
+        faults.use(request["faults"], job.name, job.attempt)
+        os.environ.update(cuda_env_for(label))
+        started = time.time()
+        backend, load_seconds = load_model(settings)
+        start_seconds = time.time() - started
+        stats = embed_file(backend, request, emit=on_event, check_stop=stop_when(job.state_dir))
+        return {
+            **stats,
+            "model_was_loaded": False,
+            "worker_pid": os.getpid(),
+            "worker_start_seconds": start_seconds,
+            "model_load_seconds": load_seconds,
+        }
+    from seqembed.job.client import WorkerSession
+
+    session = WorkerSession(
+        label=label, settings=settings, state_dir=job.state_dir, logs_dir=job.logs_dir
+    )
+    stats = session.embed(
+        request, on_event, {"name": job.name, "attempt": job.attempt, "faults": request["faults"]}
+    )
+    if session.started_worker and not session.worker["files_served"]:
+        say(
+            job.config,
+            "normal",
+            f"seqembed: {label}: worker pid {session.worker['pid']} started in "
+            f"{session.start_seconds:.1f} s (model load {session.worker['load_seconds']:.1f} s;"
+            f" log {session.log_path})",
+        )
+    return {
+        **stats,
+        "model_was_loaded": not session.started_worker,
+        "worker_pid": session.worker["pid"],
+        "worker_start_seconds": session.start_seconds,
+        "model_load_seconds": session.worker["load_seconds"] if session.started_worker else 0.0,
+    }
 
 
-def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
+def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] = ()) -> dict:
     """Embed one file and write its output and record; returns the record."""
     started = time.time()
     config = job.config
-    records = read_fasta(job.fasta, backend_class(config["model"]).alphabet)
+    records = read_fasta(job.fasta, alphabet_for(config["model"]))
     lengths = [len(sequence) for sequence in records.sequences]
-    _remove_stale_temporaries(job.output)
+    for stale in stale_temporaries(job.output):
+        stale.unlink(missing_ok=True)
     progress = JobProgress(
         job.state_dir, job.name, file=job.fasta, attempt=job.attempt, total=len(lengths)
     )
-    progress.update(status="waiting")
+    with contextlib.suppress(OSError):  # a full disk: the view misses one update
+        progress.update(status="waiting")
 
     planned = planned_device(job.plan_path, job.name)
+    output_dir = str(Path(job.plan_path).resolve().parent)
     if lengths:
         claim = claim_device(
             resolve_pool(config["device"], config["gpus"], config["cpu_slots"]),
-            job.lock_dir,
+            config["lock_dir"],
             holder=job.name,
             prefer=[planned] if planned else [],
             avoid=avoid,
-            on_wait=lambda: say(config, news_level(), f"{job.name}: waiting for a free device"),
+            note={"output_dir": output_dir},
+            on_wait=lambda holders: waiting_news(job, holders),
         )
         label = claim.label
     else:
@@ -137,6 +197,8 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
         "name": job.name,
         "file": job.fasta,
         "output": job.output,
+        "input": input_stamp(job.fasta),
+        "settings": job.settings,
         "device": label if lengths else None,
         # the physical device, for reports (inside SLURM: node and GPU)
         "lane": lane_for(label) if lengths else None,
@@ -147,91 +209,80 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = ()) -> dict:
         "slurm_job_id": slurm_job(),
         "slurm_gpus": slurm_job() and os.environ.get("CUDA_VISIBLE_DEVICES"),
         "attempt": job.attempt,
+        "previous_attempts": list(history),
         "started": started,
     }
     with claim:
         base["claimed"] = time.time()
         # until this is replaced, a crash of this process leaves "running" behind: the retry
-        # reads it to avoid the device, the summary to name the crash
-        write_record(job, {**base, "status": "running"})
+        # reads it to avoid the device (and keeps the earlier attempts), the summary to name
+        # the crash
+        write_record(job.record, job.state_dir, {**base, "status": "running"})
         if lengths:  # an empty file occupies no device
-            progress.update(status="running", device=base["device"], lane=base["lane"])
-        os.environ.update(cuda_env_for(label))
-        torch_device = "cpu" if faults.gpu_computes_on_cpu() else torch_device_for(label)
-        import torch
+            with contextlib.suppress(OSError):
+                progress.update(status="running", device=base["device"], lane=base["lane"])
 
-        # the job's share of the cores: several jobs on one node must not each start a
-        # thread per core
-        torch.set_num_threads(max(1, job.threads))
-        load_started = time.time()
-        backend = load_backend(
-            config["model"],
-            device=torch_device,
-            precision=config["precision"],
-            truncation=config["truncation"],
-            model_cache=config["model_cache"],
-        )
-        layers = backend.resolve_layers(config["layers"])
-        model_load_seconds = time.time() - load_started
+        def on_event(event: dict) -> None:
+            if event["event"] == "progress":
+                with contextlib.suppress(OSError):
+                    progress.advance(event["done"])
+            elif event["event"] == "log":
+                say(config, "verbose", f"{job.name}: {event['message']}")
 
-        compute_started = time.time()
-        result = embed_all(
-            backend,
-            records,
-            layers,
-            batch_budget(config["toks_per_batch"], backend, layers, torch_device),
-            truncation=config["truncation"],
-            progress=lambda message: say(config, "verbose", f"{job.name}: {message}"),
-            advanced=progress.advance,
-        )
-        compute_seconds = time.time() - compute_started
-
-        payload = embedding_payload(
-            config["output_layout"],
-            records.ids,
-            result.pooled,
-            model=backend.name,
-            truncation=config["truncation"],
-        )
-
-        def write(stream) -> None:
-            torch.save(payload, stream)
-            stream.flush()
-            faults.maybe_pause_before_rename(job.name, job.attempt)
-
-        write_atomically(job.output, write)
+        request = {
+            "name": job.name,
+            "attempt": job.attempt,
+            "ids": records.ids,
+            "sequences": records.sequences,
+            "output": job.output,
+            "layers": config["layers"],
+            "toks_per_batch": config["toks_per_batch"],
+            "truncation": config["truncation"],
+            "output_layout": config["output_layout"],
+            "state_dir": job.state_dir,
+            "faults": faults.text(),
+        }
+        stats = compute(job, label, request, on_event)
+        temporary = stats.pop("temporary")
+        reason = runstate.abort_reason(job.state_dir)
+        if reason:
+            Path(temporary).unlink(missing_ok=True)
+            raise Aborted(f"stopped: {reason}")
+        faults.maybe_pause_before_rename(job.name, job.attempt)
+        try:
+            commit(temporary, job.output)
+        except OSError as error:
+            raise output_error(job.output, error) from None
+        keep_receipt(job.state_dir, job.name, job.output)
 
     finished = time.time()
-    process_started = psutil.Process().create_time()
     record = {
         **base,
+        **stats,
         "status": "done",
-        "model": backend.name,
-        "layers": layers,
-        "precision": str(backend.dtype).removeprefix("torch."),
         "sequences": len(lengths),
         "residues": sum(lengths),
-        "unique_sequences": result.unique_sequences,
-        "real_tokens": result.real_tokens,
-        "computed_tokens": result.computed_tokens,
-        "batches": result.batches,
-        "oom_backoffs": result.oom_backoffs,
         "truncated_sequences": sum(n > config["truncation"] for n in lengths),
         "duplicate_ids": len(records.ids) - len(set(records.ids)),
         "finished": finished,
         # interpreter, imports and Snakemake's script preamble, before this function ran
-        "startup_seconds": max(0.0, started - process_started),
-        "model_load_seconds": model_load_seconds,
-        "compute_seconds": compute_seconds,
+        "startup_seconds": max(0.0, started - psutil.Process().create_time()),
+        "waited_seconds": base["claimed"] - started,
         "wall_seconds": finished - started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    write_record(job, record)
-    progress.update(status="done", done=len(lengths))
+    write_record(job.record, job.state_dir, record)
+    with contextlib.suppress(OSError):
+        progress.update(status="done", done=len(lengths))
     say(
         config,
         news_level(),
         f"{job.name}: {len(lengths)} sequences on {record['device']} in "
-        f"{finished - started:.1f} s (model load {model_load_seconds:.1f} s)",
+        f"{finished - started:.1f} s"
+        + (
+            ""
+            if record["model_was_loaded"]
+            else f" (model load {stats['model_load_seconds']:.1f} s)"
+        ),
     )
     return record

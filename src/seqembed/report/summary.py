@@ -4,6 +4,7 @@ failure handler (which runs when some jobs failed) produce the same figures."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 from collections import Counter, defaultdict
@@ -50,6 +51,14 @@ def _as_failure(record: dict, aborted: str | None) -> dict:
     }
 
 
+def _setup_seconds(record: dict) -> float:
+    """Start-up and model load that held the device for this file: a worker started for it
+    (or, per-file, the job's own imports and load); nothing when the model was resident."""
+    if record.get("model_was_loaded"):
+        return 0.0
+    return record.get("worker_start_seconds", record.get("model_load_seconds", 0.0))
+
+
 def _rates(sequences: int, residues: int, seconds: float) -> dict:
     return {
         "sequences_per_s": sequences / seconds if seconds > 0 else None,
@@ -62,6 +71,7 @@ def summarize(
     planned_load: Mapping[str, int] | None = None,
     aborted: str | None = None,
     since: float | None = None,
+    unusable: Mapping[str, str] | None = None,
 ) -> dict:
     """File counts and failures cover every input; speed figures only the files computed in
     this run (started at `since`), so a rerun of one file reports that file's speed, not the
@@ -72,7 +82,11 @@ def summarize(
     failed = [_as_failure(r, aborted) for r in records.values() if r and r["status"] != "done"]
     missing = sorted(name for name, r in records.items() if r is None)
 
-    computed = [r for r in done if since is None or r["started"] >= since]
+    computed = [
+        r
+        for r in done
+        if (since is None or r["started"] >= since) and not r.get("restored_from_attempt")
+    ]
     ran = [r for r in computed if r["device"] is not None]  # an empty file ran nowhere
     sequences = sum(r["sequences"] for r in computed)
     residues = sum(r["residues"] for r in computed)
@@ -89,6 +103,9 @@ def summarize(
             "sequences": 0,
             "residues": 0,
             "busy_seconds": 0.0,
+            "compute_seconds": 0.0,
+            "setup_seconds": 0.0,
+            "models_loaded": 0,
         }
     )
     for record in ran:
@@ -98,9 +115,15 @@ def summarize(
         device["sequences"] += record["sequences"]
         device["residues"] += record["residues"]
         device["busy_seconds"] += record["finished"] - record["claimed"]
+        device["compute_seconds"] += record.get("compute_seconds", 0.0)
+        device["setup_seconds"] += _setup_seconds(record)
+        device["models_loaded"] += not record.get("model_was_loaded", False)
     for name, device in devices.items():
         device.update(_rates(device["sequences"], device["residues"], device["busy_seconds"]))
         device["planned_residues"] = (planned_load or {}).get(name)
+        device["utilisation"] = device["compute_seconds"] / wall if wall > 0 else None
+    device_seconds = wall * len(devices)
+    setup = sum(device["setup_seconds"] for device in devices.values())
     return {
         "schema_version": SCHEMA_VERSION,
         "aborted": aborted,
@@ -121,6 +144,15 @@ def summarize(
         "busy_seconds": busy,
         "model_load_seconds": load,
         "model_load_share": load / busy if busy > 0 else None,
+        "compute_seconds": sum(device["compute_seconds"] for device in devices.values()),
+        "utilisation": (
+            sum(device["compute_seconds"] for device in devices.values()) / device_seconds
+            if device_seconds > 0
+            else None
+        ),
+        "setup_seconds": setup,
+        "setup_share": setup / device_seconds if device_seconds > 0 else None,
+        "models_loaded": sum(device["models_loaded"] for device in devices.values()),
         "padding_efficiency": sum(r["real_tokens"] for r in computed) / tokens if tokens else None,
         "devices": dict(sorted(devices.items())),
         "failures_by_type": dict(sorted(Counter(r["error_type"] for r in failed).items())),
@@ -128,6 +160,7 @@ def summarize(
             {"file": r["file"], "error_type": r["error_type"], "error_message": r["error_message"]}
             for r in failed
         ],
+        "unusable_inputs": dict(unusable or {}),
     }
 
 
@@ -150,6 +183,10 @@ def _number(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _share(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def render_table(summary: dict) -> str:
     """The table printed at the end of a run, as plain text (fits 100 columns)."""
     files = summary["files"]
@@ -158,7 +195,7 @@ def render_table(summary: dict) -> str:
         f"date), {files['failed']} failed; this run computed {files['computed_this_run']} in "
         f"{_number(summary['wall_seconds'])} s",
         f"{'device':<12}{'files':>7}{'sequences':>12}{'residues':>14}{'planned':>14}"
-        f"{'seq/s':>10}{'res/s':>12}{'busy s':>9}",
+        f"{'seq/s':>10}{'res/s':>12}{'busy s':>9}{'util':>6}",
     ]
     rows = [(name, d) for name, d in summary["devices"].items()]
     # the total row's time is the run's wall time, as its rates are
@@ -175,15 +212,17 @@ def render_table(summary: dict) -> str:
             f"{name:<12}{d['files']:>7}{d['sequences']:>12,}{d['residues']:>14,}"
             f"{'-' if planned is None else f'{planned:,}':>14}"
             f"{_number(d['sequences_per_s']):>10}{_number(d['residues_per_s'], 0):>12}"
-            f"{_number(d['busy_seconds']):>9}"
+            f"{_number(d['busy_seconds']):>9}{_share(d['utilisation']):>6}"
         )
-    share = summary["model_load_share"]
     padding = summary["padding_efficiency"]
     lines.append(
-        f"model load {_number(summary['model_load_seconds'])} s "
-        f"({'-' if share is None else f'{share:.0%}'} of busy time); padding efficiency "
-        f"{'-' if padding is None else f'{padding:.1%}'}; truncated sequences "
-        f"{summary['truncated_sequences']}"
+        f"start-up and model load {_number(summary['setup_seconds'])} s "
+        f"({_share(summary['setup_share'])} of device time); models loaded "
+        f"{summary['models_loaded']}; device utilisation {_share(summary['utilisation'])}"
+    )
+    lines.append(
+        f"padding efficiency {'-' if padding is None else f'{padding:.1%}'}; truncated "
+        f"sequences {summary['truncated_sequences']}"
     )
     if files["missing"]:
         lines.append(
@@ -194,52 +233,152 @@ def render_table(summary: dict) -> str:
     if summary["failures_by_type"]:
         counts = ", ".join(f"{kind} {n}" for kind, n in summary["failures_by_type"].items())
         lines.append(f"failures by type: {counts}")
+    if summary.get("unusable_inputs"):
+        shown = "; ".join(f"{p} ({why})" for p, why in summary["unusable_inputs"].items())
+        lines.append(f"skipped inputs: {shown}")
     return "\n".join(lines)
 
 
-def report_run(layout: RunLayout, files: Mapping[str, str], *, aborted: str | None = None) -> dict:
-    """Summarize the records of `files` (name -> input path), write summary.json,
+def _this_run(record: dict, since: float | None) -> bool:
+    moment = record.get("finished") or record.get("started") or 0.0
+    return since is None or moment >= since
+
+
+def outcomes(
+    layout: RunLayout,
+    files: Mapping[str, str],
+    *,
+    aborted: str | None,
+    since: float | None,
+) -> dict[str, dict | None]:
+    """name -> the record that says what became of the file, as the summary counts it. A
+    record is believed only as far as the disk agrees: a `done` whose embedding is gone is not
+    done, and a record from an earlier run says nothing about this one. A file whose failure
+    record could not be written (a full disk) is known from the run's event log."""
+    records = read_records(layout.records, list(files))
+    failures = runstate.last_failures(layout.state)
+    for name, record in records.items():
+        exists = Path(layout.embedding(name)).exists()
+        if record is not None and (exists or _this_run(record, since)):
+            if record["status"] != "done" or exists:
+                continue
+        if record is None and exists:
+            continue  # an embedding without a record: counted as "missing" by summarize
+        event = failures.get(name)
+        if event:
+            records[name] = {
+                "status": "failed",
+                "name": name,
+                "file": files[name],
+                "error_type": event["error_type"],
+                "error_message": event["message"],
+            }
+            continue
+        if aborted:
+            why, message = "Aborted", f"not started: {aborted}"
+        elif record is not None and record["status"] == "done":
+            why = "Missing"
+            message = "its embedding is gone although its job finished; run again to redo it"
+        else:
+            why = "Missing"
+            message = (
+                "no embedding and no record from this run: the job never ran or died before "
+                "writing one (see Snakemake's log)"
+            )
+        records[name] = {
+            "status": "failed",
+            "name": name,
+            "file": files[name],
+            "error_type": why,
+            "error_message": message,
+        }
+    return records
+
+
+def restore_removed(
+    layout: RunLayout, files: Mapping[str, str], settings: Mapping, since: float | None
+) -> list[str]:
+    """Embeddings this run finished that Snakemake removed because another job of their group
+    failed (a packed submission), put back from their receipts: same input, same settings.
+    Returns their names."""
+    from seqembed.job.records import restore
+
+    restored = []
+    for name, record in read_records(layout.records, list(files)).items():
+        if (
+            record
+            and record["status"] == "done"
+            and _this_run(record, since)
+            and not Path(layout.embedding(name)).exists()
+            and restore(record, layout.state, dict(settings))
+        ):
+            restored.append(name)
+    return restored
+
+
+def report_run(
+    layout: RunLayout,
+    files: Mapping[str, str],
+    *,
+    aborted: str | None = None,
+    unusable: Mapping[str, str] | None = None,
+) -> dict:
+    """Summarize the outcomes of `files` (name -> input path), write summary.json,
     failed_files.txt and the timeline picture, print the table; the summary rule and the
-    failure handler both end a run here, when no job runs any more: a file with neither
-    embedding nor record failed without a word (its job never started, or died before
-    writing one)."""
+    failure handler both end a run here, when no job runs any more. What cannot be written
+    (a full disk) is printed instead: the user learns what failed and why either way."""
     try:
         planned = json.loads(Path(layout.plan_json).read_text())["planned_load"]
     except (OSError, ValueError, KeyError):
         planned = None
-    records = read_records(layout.records, list(files))
-    for name, record in records.items():
-        if record is None and not Path(layout.embedding(name)).exists():
-            records[name] = {
-                "status": "failed",
-                "file": files[name],
-                "error_type": "Aborted" if aborted else "Missing",
-                "error_message": f"not started: {aborted}"
-                if aborted
-                else (
-                    "no embedding and no record: the job never ran or died before writing "
-                    "one (see Snakemake's log)"
-                ),
-            }
     since = runstate.run_started(layout.state)
-    summary = summarize(records, planned, aborted, since)
-    write_summary(summary, layout.summary, layout.failed)
+    records = outcomes(layout, files, aborted=aborted, since=since)
+    summary = summarize(records, planned, aborted, since, unusable)
+    table = render_table(summary)
+    try:
+        write_summary(summary, layout.summary, layout.failed)
+    except OSError as error:
+        print(
+            f"seqembed: cannot write {layout.summary} and {layout.failed}: "
+            f"{error.strerror or error}; the failed files follow",
+            flush=True,
+        )
+        print("\n".join(failed_lines(summary)), flush=True)
+        print(table, flush=True)
+        return summary
     try:
         draw_timeline(records, summary, layout.timeline, since)
     except Exception as error:  # noqa: BLE001 - a picture must not cost the run its summary
         print(f"seqembed: warning: no timeline picture: {error}", flush=True)
         # the summary rule declares the picture: an empty one, not a failed step
-        write_atomically(layout.timeline, lambda stream: stream.write(BLANK_PNG))
-    print(render_table(summary), flush=True)
+        with contextlib.suppress(OSError):
+            write_atomically(layout.timeline, lambda stream: stream.write(BLANK_PNG))
+    print(table, flush=True)
     return summary
 
 
-def exit_code_after_failure(layout: RunLayout, files: Mapping[str, str]) -> int:
-    """For Snakemake's onerror handler: write the summary from whatever finished and tell
-    the caller's script what happened: 2 some files done and some failed; 1 nothing done,
-    the run was aborted, or every file is done but another step failed. The reason is the
-    last line seqembed prints."""
-    summary = report_run(layout, files, aborted=runstate.abort_reason(layout.state))
+def exit_code_after_failure(
+    layout: RunLayout,
+    files: Mapping[str, str],
+    settings: Mapping | None = None,
+    unusable: Mapping[str, str] | None = None,
+) -> int:
+    """For Snakemake's onerror handler: put back what Snakemake removed of finished files,
+    write the summary from whatever finished and tell the caller's script what happened: 2
+    some files done and some failed; 1 nothing done, the run was aborted, or every file is
+    done but another step failed. The reason is the last line seqembed prints."""
+    if settings is not None:
+        restored = restore_removed(layout, files, settings, runstate.run_started(layout.state))
+        if restored:
+            print(
+                f"seqembed: {len(restored)} finished embedding(s) that Snakemake removed when "
+                f"another file of their group failed were put back: {', '.join(restored[:5])}"
+                + (" ..." if len(restored) > 5 else ""),
+                flush=True,
+            )
+    summary = report_run(
+        layout, files, aborted=runstate.abort_reason(layout.state), unusable=unusable
+    )
     counts = summary["files"]
     if summary["aborted"]:
         print(f"seqembed: {summary['aborted']}", flush=True)

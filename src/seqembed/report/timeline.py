@@ -1,6 +1,8 @@
 """The run as a picture: one lane per device, one bar per file from the moment its job
 claimed the device to its end, coloured by outcome, so load balance and idle gaps show at a
-glance; beside it the throughput of each device. Drawn from the per-file records only, like
+glance; the start-up and model load a file paid for (a worker started for it) is the bar's
+first part, in a colour of its own, so fixed costs read as what they are. Beside it the
+throughput of each device. Drawn from the per-file records only, like
 the summary, and written next to summary.json (and into Snakemake's HTML report).
 """
 
@@ -23,6 +25,9 @@ OUTCOME_COLOURS = {
     "InputError": "#999999",
     "Aborted": "#56B4E9",
 }
+#: start-up and model load, before a file's first batch
+SETUP_COLOUR = "#F0E442"
+SETUP = "start-up + model load"
 FALLBACK_COLOUR = "#000000"
 
 
@@ -32,6 +37,7 @@ class Bar:
     start: float  # seconds since the first bar's start
     seconds: float
     outcome: str  # "done" or the error type
+    setup: float = 0.0  # of `seconds`, start-up and model load
 
     @property
     def colour(self) -> str:
@@ -51,7 +57,9 @@ def lanes(records: Mapping[str, dict | None], since: float | None = None) -> dic
     by_device: dict[str, list[Bar]] = {}
     for r in sorted(held, key=lambda r: r["claimed"]):
         outcome = "done" if r["status"] == "done" else r.get("error_type") or "Error"
-        bar = Bar(r["name"], r["claimed"] - origin, r["finished"] - r["claimed"], outcome)
+        seconds = r["finished"] - r["claimed"]
+        setup = 0.0 if r.get("model_was_loaded", True) else r.get("worker_start_seconds", 0.0)
+        bar = Bar(r["name"], r["claimed"] - origin, seconds, outcome, min(setup, seconds))
         by_device.setdefault(lane_of(r), []).append(bar)
     return dict(sorted(by_device.items()))
 
@@ -88,6 +96,14 @@ def draw_timeline(
             edgecolor="white",
             linewidth=0.5,
         )
+        setups = [bar for bar in bars if bar.setup > 0]
+        if setups:
+            timeline.broken_barh(
+                [(bar.start, bar.setup) for bar in setups],
+                (lane - 0.4, 0.8),
+                facecolors=SETUP_COLOUR,
+                linewidth=0,
+            )
     timeline.set_yticks(range(len(devices)), devices)
     timeline.set_ylim(-0.6, max(1, len(devices)) - 0.4)
     timeline.invert_yaxis()
@@ -102,16 +118,19 @@ def draw_timeline(
         fontsize=10,
     )
     outcomes = sorted({bar.outcome for bars in by_device.values() for bar in bars})
-    if outcomes:
+    handles = [
+        Patch(color=OUTCOME_COLOURS.get(outcome, FALLBACK_COLOUR), label=outcome)
+        for outcome in outcomes
+    ]
+    if any(bar.setup > 0 for bars in by_device.values() for bar in bars):
+        handles.append(Patch(color=SETUP_COLOUR, label=SETUP))
+    if handles:
         timeline.legend(
-            handles=[
-                Patch(color=OUTCOME_COLOURS.get(outcome, FALLBACK_COLOUR), label=outcome)
-                for outcome in outcomes
-            ],
+            handles=handles,
             # above the lanes, right of the title: never over a bar
             loc="lower right",
             bbox_to_anchor=(1.0, 1.0),
-            ncols=len(outcomes),
+            ncols=len(handles),
             fontsize=8,
             frameon=False,
         )

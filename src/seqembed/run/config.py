@@ -98,8 +98,10 @@ def input_files(config: dict) -> dict[str, str]:
         pattern = os.path.join(glob.escape(config["input_dir"]), config["input_glob"])
         paths = sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
         if not paths:
+            unusable = "; ".join(f"{p}: {why}" for p, why in unusable_inputs(config).items())
             raise ConfigError(
                 f"config keys 'input_dir'/'input_glob': no input files match {pattern}"
+                + (f" (only {unusable})" if unusable else "")
             )
     files: dict[str, str] = {}
     for path in paths:
@@ -113,3 +115,23 @@ def input_files(config: dict) -> dict[str, str]:
             )
         files[name] = path
     return dict(sorted(files.items()))
+
+
+def unusable_inputs(config: dict) -> dict[str, str]:
+    """Paths the glob matches that are no file to read, with the reason: a link whose target
+    is gone (data moved), a folder. They cannot be jobs; the run says so instead of skipping
+    them without a word."""
+    if config["input_files"]:
+        return {}
+    pattern = os.path.join(glob.escape(config["input_dir"]), config["input_glob"])
+    unusable = {}
+    for path in sorted(glob.glob(pattern, recursive=True)):
+        if os.path.isfile(path):
+            continue
+        if os.path.islink(path):
+            unusable[path] = f"broken symbolic link (to {os.readlink(path)})"
+        elif os.path.isdir(path):
+            unusable[path] = "a folder, not a file"
+        else:
+            unusable[path] = "not a regular file"
+    return unusable

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Mapping
 
 from seqembed.devices import DeviceError, resolve_pool
@@ -75,16 +74,3 @@ def write_plan(rows: list[dict], overview: dict, tsv: str, json_path: str) -> No
     writer.writerows(rows)
     write_text(tsv, text.getvalue())
     write_json(json_path, overview)
-
-
-def planned_device(tsv: str | os.PathLike, name: str) -> str | None:
-    """The planned device for `name`, or None while the plan does not exist (yet) or does not
-    list the file: the plan rule may still be running when the first jobs start."""
-    try:
-        with open(tsv, newline="") as handle:
-            for row in csv.DictReader(handle, delimiter="\t"):
-                if row["name"] == name:
-                    return row["device"]
-    except (OSError, KeyError, csv.Error):
-        return None
-    return None

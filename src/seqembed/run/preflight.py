@@ -17,7 +17,7 @@ from seqembed.compute.models import (
     is_cached,
     is_checkpoint_path,
 )
-from seqembed.devices import DeviceError, resolve_pool, slurm_job
+from seqembed.devices import DeviceError, check_locking, resolve_pool, slurm_job
 
 
 class PreflightError(Exception):
@@ -62,9 +62,11 @@ def check_devices(config: dict, environ=os.environ) -> list[str]:
     return pool
 
 
-def _checkpoint_problem(path: Path) -> str | None:
+def _checkpoint_problem(path: Path, layers) -> str | None:
     """Read the checkpoint's structure the way the jobs will, without materializing its
-    tensors, so a 15B model is checked in seconds on any node."""
+    tensors, so a 15B model is checked in seconds on any node; and the requested layers
+    against its depth, before any job loads it."""
+    from seqembed.compute.backends import ModelError, resolve_layers
     from seqembed.compute.backends.esm import read_checkpoint
 
     try:
@@ -74,10 +76,26 @@ def _checkpoint_problem(path: Path) -> str | None:
         return f"{path} cannot be read as a torch checkpoint ({type(error).__name__}: {summary})"
     if not isinstance(data, dict) or "model" not in data or not ({"cfg", "args"} & set(data)):
         return f"{path} is not a fair-esm checkpoint (no 'model' and 'cfg' entries)"
+    depth = _depth(data)
+    if depth is not None:
+        try:
+            resolve_layers(layers, depth, path.stem)
+        except ModelError as error:
+            return f"config key 'layers': {error}"
     return None
 
 
-def check_model(model: str, model_cache: str | None = None, mirror: str | None = None) -> str:
+def _depth(data: dict) -> int | None:
+    """Transformer layers of a fair-esm checkpoint: ESM-2 keeps them in cfg, older models in
+    args."""
+    if "cfg" in data:
+        return getattr(data["cfg"].get("model"), "encoder_layers", None)
+    return getattr(data.get("args"), "layers", None)
+
+
+def check_model(
+    model: str, model_cache: str | None = None, mirror: str | None = None, layers="last"
+) -> str:
     """A local checkpoint that fair-esm can read, or a known hub name whose weights are in
     the model cache: fetched there now if missing, once, on the host that runs Snakemake, so
     that jobs on nodes without internet find them. Returns the checkpoint's path."""
@@ -90,7 +108,7 @@ def check_model(model: str, model_cache: str | None = None, mirror: str | None =
                 f"model file {path.name}: the name must keep fair-esm's model name (esm2_...): "
                 "fair-esm picks the architecture from it"
             )
-        problem = _checkpoint_problem(path)
+        problem = _checkpoint_problem(path, layers)
         if problem:
             raise PreflightError(problem)
         return str(path)
@@ -107,7 +125,9 @@ def check_model(model: str, model_cache: str | None = None, mirror: str | None =
             fetch(model, model_cache, mirror)
         except FetchError as error:
             raise PreflightError(str(error)) from None
-    problem = _checkpoint_problem(cached)
+    problem = _checkpoint_problem(cached, layers)
+    if problem and problem.startswith("config key"):
+        raise PreflightError(problem)
     if problem:
         raise PreflightError(f"{problem}; delete it to fetch it again")
     return str(cached)
@@ -117,7 +137,13 @@ def run_preflight(config: dict, devices: bool = True) -> str:
     """All checks; returns a one-line report of what was checked. `devices` False: the jobs
     run on other hosts (a cluster), whose devices only they can see and check."""
     pool = check_devices(config) if devices else ["checked by each job on its node"]
-    checkpoint = check_model(config["model"], config["model_cache"], config["model_mirror"])
+    if devices:
+        problem = check_locking(config["lock_dir"])
+        if problem:
+            raise PreflightError(problem)
+    checkpoint = check_model(
+        config["model"], config["model_cache"], config["model_mirror"], config["layers"]
+    )
     return f"devices {', '.join(pool)}; model {checkpoint}"
 
 

@@ -11,13 +11,18 @@ import esm
 import torch
 from esm.model.esm2 import ESM2
 
-from seqembed.compute.backends import ModelError, resolve_precision
+from seqembed import faults
+from seqembed.compute.backends import (
+    PROTEIN_ALPHABET,
+    ModelError,
+    resolve_layers,
+    resolve_precision,
+)
 from seqembed.compute.backends.attention import use_fused_attention
 from seqembed.compute.models import cached_checkpoint, is_checkpoint_path
+from seqembed.errors import ReadError
 
-# fair-esm's ESM-1b/ESM-2 alphabet without the gap symbols '.' and '-': an aligned FASTA is
-# not what these models were trained on, so it is reported instead of silently embedded.
-PROTEIN_ALPHABET = frozenset("ACDEFGHIKLMNPQRSTVWYXBUZO")
+__all__ = ["PROTEIN_ALPHABET", "EsmBackend", "load_esm", "read_checkpoint"]
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -38,6 +43,7 @@ def read_checkpoint(path: Path) -> dict:
     """The checkpoint memory-mapped: its tensors are read from disk when used, not first
     copied into memory, so even a 15B file opens in a moment."""
     torch.serialization.add_safe_globals([argparse.Namespace])
+    faults.maybe_fail_model_read(path)
     try:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except RuntimeError as error:
@@ -124,6 +130,10 @@ def load_esm(
         name = path.stem
     except ModelError:
         raise
+    except OSError as error:
+        # the pre-flight read this file: a shared disk that failed once may not again
+        reason = error.strerror or str(error)
+        raise ReadError(f"cannot read model file {error.filename or model}: {reason}") from error
     except Exception as error:  # noqa: BLE001 - any loader failure is one line for the user
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ModelError(
@@ -174,19 +184,7 @@ class EsmBackend:
         return cls(network, alphabet, name, device, dtype, truncation)
 
     def resolve_layers(self, layers) -> list[int]:
-        """'last', one number or a list; negative numbers count from the end as in fair-esm's
-        extract script (-1 is the last layer); 0 is the embedding layer."""
-        if layers == "last":
-            return [self.num_layers]
-        requested = layers if isinstance(layers, list) else [layers]
-        resolved = []
-        for layer in requested:
-            if not -(self.num_layers + 1) <= layer <= self.num_layers:
-                raise ModelError(
-                    f"layer {layer} does not exist: {self.name} has layers 0..{self.num_layers}"
-                )
-            resolved.append(layer % (self.num_layers + 1))
-        return sorted(set(resolved))
+        return resolve_layers(layers, self.num_layers, self.name)
 
     def tokenize(self, sequences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The tokens fair-esm's batch converter makes (BOS, residues cut at `truncation`, EOS,
@@ -202,18 +200,30 @@ class EsmBackend:
             tokens[row, length + 1] = alphabet.eos_idx
         return tokens, torch.tensor(lengths)
 
-    @torch.inference_mode()
-    def embed(self, sequences: list[str], layers: list[int]) -> dict[int, torch.Tensor]:
+    def prepare(self, sequences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, lengths = self.tokenize(sequences)
+        if self.device.type == "cuda":
+            # page-locked: the copy to the GPU runs without blocking this thread
+            tokens, lengths = tokens.pin_memory(), lengths.pin_memory()
+        return tokens, lengths
+
+    @torch.inference_mode()
+    def forward(self, prepared, layers: list[int]) -> dict[int, torch.Tensor]:
+        tokens, lengths = prepared
         tokens = tokens.to(self.device, non_blocking=True)
-        lengths = lengths.to(self.device)
+        lengths = lengths.to(self.device, non_blocking=True)
         out = self.network(tokens, repr_layers=layers, return_contacts=False)
         positions = torch.arange(tokens.shape[1], device=self.device)
         # residues sit at positions 1..length: BOS at 0, EOS and padding after
         residue_mask = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])
         weights = residue_mask.to(torch.float32) / lengths.clamp(min=1)[:, None]
-        pooled = {}
-        for layer in layers:
-            representation = out["representations"][layer].to(torch.float32)
-            pooled[layer] = torch.einsum("bt,btd->bd", weights, representation).cpu()
-        return pooled
+        return {
+            layer: torch.einsum(
+                "bt,btd->bd", weights, out["representations"][layer].to(torch.float32)
+            )
+            for layer in layers
+        }
+
+    def embed(self, sequences: list[str], layers: list[int]) -> dict[int, torch.Tensor]:
+        pooled = self.forward(self.prepare(sequences), layers)
+        return {layer: values.cpu() for layer, values in pooled.items()}

@@ -1,0 +1,306 @@
+"""The resident model of one device: a long-lived process that loads the model once and embeds
+the files that embed jobs hand to it, one at a time.
+
+Snakemake still runs one job per file, with its retries, priorities and records; what a job no
+longer does is import torch and load the model. The job that claims a device connects to that
+device's worker (a Unix socket in Linux's abstract namespace, named by the run and the device,
+so a run never meets another run's workers and no socket file is ever left behind), and starts
+it first if there is none. The job's device claim stays the one exclusion: a worker serves
+whichever job holds its device, one file at a time.
+
+A worker ends by itself, within seconds, when the run it belongs to ends for any reason,
+SIGKILL of Snakemake included: it watches its owner, the outermost Snakemake process above the
+job that started it (the run's Snakemake on a workstation, the one that runs the submission
+inside a SLURM allocation). It also ends after `IDLE_SECONDS` without work, when a job asks
+for other model settings (the job then starts a fresh one), and after an error that may have
+left the device or the model unusable (any CUDA error other than out-of-memory, anything
+unforeseen): the next file gets a fresh process. A job that goes away mid-file (killed,
+aborted) costs the worker that file only: it stops at the next batch and serves the next job.
+
+Protocol, one JSON object per line. Job: {"op": "embed", "settings": {...}, "request": {...}}.
+Worker: {"event": "accepted", ...worker facts}, then "progress" and "log" events, then "done"
+(with the file's figures) or "failed" (with the verdict); or "replaced" when the settings
+differ (the worker then exits).
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from datetime import datetime
+
+import psutil
+
+from seqembed import faults
+from seqembed.errors import (
+    Aborted,
+    DeviceError,
+    ModelError,
+    OutOfMemory,
+    OutputError,
+    SeqembedError,
+    SequenceTooLarge,
+    Verdict,
+    classify,
+    one_line,
+)
+
+#: a worker with nothing to do for this long ends (its run may be over without it noticing,
+#: or its device gone to other work); the next file on its device starts a fresh one
+IDLE_SECONDS = 60
+#: exit status when another worker already serves this address
+ADDRESS_IN_USE = 3
+#: failures after which the worker is known to be sound and keeps serving
+KEEP_SERVING = (SequenceTooLarge, Aborted, OutputError, OutOfMemory, ModelError)
+
+
+class ClientGone(SeqembedError):
+    """The job that asked for the file is gone (killed, or it stopped waiting)."""
+
+    error_type = "Crash"
+
+
+def address(run_key: str, label: str) -> str:
+    return f"\0seqembed/{run_key}/{label}"
+
+
+def log(message: str) -> None:
+    print(f"{datetime.now():%Y-%m-%d %H:%M:%S} {message}", flush=True)
+
+
+def alive(owner: dict) -> bool:
+    try:
+        process = psutil.Process(owner["pid"])
+        return abs(process.create_time() - owner["create_time"]) < 1.0 and process.is_running()
+    except (psutil.Error, KeyError, TypeError):
+        return False
+
+
+def load_model(settings: dict):
+    """The backend for `settings`, timed; what the job would load itself in per-file mode."""
+    import torch
+
+    from seqembed.compute.backends import load_backend
+
+    torch.set_num_threads(max(1, settings["threads"]))
+    started = time.time()
+    backend = load_backend(
+        settings["model"],
+        device=settings["torch_device"],
+        precision=settings["precision"],
+        truncation=settings["truncation"],
+        model_cache=settings["model_cache"],
+    )
+    return backend, time.time() - started
+
+
+def verdict_of(error: BaseException) -> tuple[Verdict, BaseException]:
+    """The verdict on a failure in the worker, with torch's errors named for what they mean:
+    out of memory, or a device left unusable."""
+    from seqembed.compute.batch_loop import device_failure, is_out_of_memory
+
+    if not isinstance(error, SeqembedError):
+        if is_out_of_memory(error):
+            error = OutOfMemory(one_line(error))
+        else:
+            error = device_failure(error) or error
+    return classify(error), error
+
+
+def release_memory(device) -> None:
+    """Between files: a long-lived process must not keep the last file's tensors, nor let the
+    caching allocator fragment over many files of different lengths."""
+    gc.collect()
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+class Connection:
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.reader = conn.makefile("rb")
+
+    def send(self, message: dict) -> None:
+        try:
+            self.conn.sendall((json.dumps(message) + "\n").encode())
+        except OSError:
+            raise ClientGone("the job went away") from None
+
+    def receive(self) -> dict | None:
+        line = self.reader.readline()
+        return json.loads(line) if line else None
+
+    def check_client(self) -> None:
+        """Raises ClientGone when the job closed its end (it was killed, or stopped)."""
+        try:
+            if self.conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                raise ClientGone("the job went away mid-file")
+        except BlockingIOError:
+            return
+        except OSError:
+            raise ClientGone("the job went away mid-file") from None
+
+    def close(self) -> None:
+        self.reader.close()
+        self.conn.close()
+
+
+class Worker:
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+        self.settings = spec["settings"]
+        self.owner = spec["owner"]
+        self.backend = None
+        self.load_error = None
+        self.load_seconds = 0.0
+        self.files_served = 0
+        self.started = time.time()
+        self.ready = 0.0
+        self.fits: dict = {}
+
+    def owner_check(self) -> None:
+        if not alive(self.owner):
+            raise ClientGone(f"its run ended (Snakemake pid {self.owner['pid']} is gone)")
+
+    def serve(self, server: socket.socket) -> str:
+        """Serve jobs until a reason to end; returns it."""
+        idle_since = time.monotonic()
+        server.settimeout(1.0)
+        while True:
+            if not alive(self.owner):
+                return f"its run ended (Snakemake pid {self.owner['pid']} is gone)"
+            if time.monotonic() - idle_since > IDLE_SECONDS:
+                return f"idle for {IDLE_SECONDS} s"
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(None)
+            connection = Connection(conn)
+            try:
+                ending = self.handle(connection)
+            finally:
+                connection.close()
+            if ending:
+                return ending
+            idle_since = time.monotonic()
+
+    def handle(self, connection: Connection) -> str | None:
+        message = connection.receive()
+        if not message or message.get("op") == "exit":
+            return "asked to exit" if message else None
+        if message.get("settings") != self.settings:
+            connection.send({"event": "replaced", "pid": os.getpid()})
+            return "replaced: a job asked for other model settings"
+        request = message["request"]
+        faults.use(request.get("faults"), request["name"], request["attempt"])
+        connection.send(
+            {
+                "event": "accepted",
+                "pid": os.getpid(),
+                "files_served": self.files_served,
+                "load_seconds": self.load_seconds,
+                "ready": self.ready,
+            }
+        )
+        if self.load_error is not None:
+            connection.send({"event": "failed", "verdict": self.load_error.as_dict()})
+            return f"model load failed: {self.load_error.message}"
+        from seqembed.compute.embed_file import embed_file, stop_when
+
+        started = time.time()
+        try:
+            stats = embed_file(
+                self.backend,
+                request,
+                emit=connection.send,
+                check_stop=stop_when(
+                    request["state_dir"], connection.check_client, self.owner_check
+                ),
+                fits=self.fits,
+            )
+        except Exception as error:  # noqa: BLE001 - the job records every failure
+            verdict, error = verdict_of(error)
+            release_memory(self.backend.device)
+            log(f"{request['name']}: {verdict.error_type}: {verdict.message}")
+            if isinstance(error, ClientGone):
+                return None if alive(self.owner) else str(error)
+            try:
+                connection.send({"event": "failed", "verdict": verdict.as_dict()})
+            except ClientGone:
+                pass
+            if isinstance(error, KEEP_SERVING):
+                return None
+            if isinstance(error, DeviceError):
+                return f"device left unusable: {verdict.message}"
+            return f"after an unforeseen error: {verdict.message}"
+        self.files_served += 1
+        release_memory(self.backend.device)
+        stats["rss_mb"] = psutil.Process().memory_info().rss / 2**20
+        stats["files_served"] = self.files_served
+        log(
+            f"{request['name']}: {len(request['ids'])} sequences in "
+            f"{time.time() - started:.2f} s (file {self.files_served} of this worker)"
+        )
+        try:
+            connection.send({"event": "done", "stats": stats})
+        except ClientGone:
+            # nobody will rename it: the job's retry removes stale temporaries anyway
+            os.unlink(stats["temporary"])
+        return None
+
+    def load(self) -> None:
+        faults.use(self.spec.get("faults"), self.spec.get("name"), self.spec.get("attempt"))
+        try:
+            self.backend, self.load_seconds = load_model(self.settings)
+            log(f"model {self.backend.name} loaded in {self.load_seconds:.2f} s")
+        except Exception as error:  # noqa: BLE001 - reported to the job that connects
+            self.load_error, _ = verdict_of(error)
+            log(f"model not loaded: {self.load_error.error_type}: {self.load_error.message}")
+        self.ready = time.time()
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(spec["address"])
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            sys.exit(ADDRESS_IN_USE)
+        raise
+    server.listen(8)
+    label = spec["settings"]["device"]
+    log(
+        f"worker pid {os.getpid()} for {label} started by {spec.get('name')}: model "
+        f"{spec['settings']['model']}, owner Snakemake pid {spec['owner']['pid']}"
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    worker = Worker(spec)
+
+    # the owner is watched even while the model loads or a file computes: a run killed with
+    # SIGKILL leaves nobody to tell its workers
+    def watch_owner() -> None:
+        while alive(worker.owner):
+            time.sleep(1.0)
+        time.sleep(10.0)  # the batch loop notices first and ends cleanly; this is the backstop
+        log("exiting: its run ended")
+        os._exit(0)
+
+    threading.Thread(target=watch_owner, daemon=True).start()
+    worker.load()
+    reason = worker.serve(server)
+    log(f"exiting: {reason}")
+
+
+if __name__ == "__main__":
+    main()

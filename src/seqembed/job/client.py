@@ -1,0 +1,197 @@
+"""The job's side of the resident worker (seqembed.compute.worker): find the worker of the
+claimed device, start it when there is none, hand it the file, relay its progress, and turn
+its answer (or its death) into the job's outcome. Torch-free: this is what keeps a job's
+start-up under a second."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from seqembed.devices import cuda_env_for
+from seqembed.errors import Crash, Failed, Verdict
+
+#: the worker binds its address before it imports torch: a second is plenty
+CONNECT_SECONDS = 30.0
+#: a worker asked to make way for other settings frees its device within this time
+REPLACE_SECONDS = 60.0
+ADDRESS_IN_USE = 3  # seqembed.compute.worker.ADDRESS_IN_USE, without importing it
+
+
+def owner_process() -> psutil.Process:
+    """The outermost Snakemake process above this job on this host: the run's Snakemake on a
+    workstation, the one running the submission inside a SLURM allocation. Its end is the
+    end of the run for the workers. Without Snakemake above (a test calling the job
+    directly), this process."""
+    owner = psutil.Process()
+    try:
+        for parent in psutil.Process().parents():
+            if any("snakemake" in os.path.basename(part) for part in parent.cmdline()[:3]):
+                owner = parent
+    except psutil.Error:
+        pass
+    return owner
+
+
+def owner_facts() -> dict:
+    owner = owner_process()
+    return {"pid": owner.pid, "create_time": owner.create_time()}
+
+
+def run_key(state_dir: str, owner: dict) -> str:
+    """Names the run's workers: a new run (or the same folder after a crash) never connects to
+    the workers of another."""
+    facts = f"{socket.gethostname()}:{os.path.realpath(state_dir)}:{owner['pid']}:"
+    facts += f"{owner['create_time']:.3f}"
+    return hashlib.sha1(facts.encode()).hexdigest()[:16]
+
+
+def _connect(address: str) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(address)
+    except (ConnectionRefusedError, FileNotFoundError):
+        sock.close()
+        return None
+    return sock
+
+
+def worker_log_path(logs_dir: str, label: str) -> Path:
+    safe = label.replace(":", "")
+    return Path(logs_dir) / f"{socket.gethostname()}.{safe}.log"
+
+
+def _spawn(spec: dict, label: str, log_path: Path) -> subprocess.Popen:
+    environ = dict(os.environ)
+    environ.update(cuda_env_for(label))
+    source = str(Path(__file__).resolve().parent.parent.parent)
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [source, environ.get("PYTHONPATH")]))
+    # long-lived processes on a GPU: fewer fragments over many files of different lengths
+    environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "seqembed.compute.worker", json.dumps(spec)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environ,
+            close_fds=True,
+        )
+
+
+def _wait_gone(pid: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while psutil.pid_exists(pid) and time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.Error:
+            return
+        time.sleep(0.1)
+
+
+class WorkerSession:
+    """One file handed to the worker of one device."""
+
+    def __init__(self, *, label: str, settings: dict, state_dir: str, logs_dir: str) -> None:
+        self.label = label
+        self.settings = settings
+        self.owner = owner_facts()
+        self.address = "\0seqembed/" + run_key(state_dir, self.owner) + "/" + label
+        self.log_path = worker_log_path(logs_dir, label)
+        self.started_worker = False
+        self.start_seconds = 0.0
+        self.worker: dict = {}
+
+    def _open(self, spawn_context: dict) -> socket.socket:
+        sock = _connect(self.address)
+        if sock is not None:
+            return sock
+        spawned = time.time()
+        spec = {
+            "address": self.address,
+            "settings": self.settings,
+            "owner": self.owner,
+            **spawn_context,
+        }
+        process = _spawn(spec, self.label, self.log_path)
+        deadline = time.monotonic() + CONNECT_SECONDS
+        while time.monotonic() < deadline:
+            sock = _connect(self.address)
+            if sock is not None:
+                self.started_worker = True
+                self.spawned = spawned
+                return sock
+            code = process.poll()
+            if code is not None and code != ADDRESS_IN_USE:
+                raise Crash(
+                    f"the worker for {self.label} exited at start (status {code}); see "
+                    f"{self.log_path}"
+                )
+            time.sleep(0.02)
+        process.kill()
+        raise Crash(f"the worker for {self.label} did not start in {CONNECT_SECONDS:.0f} s")
+
+    def embed(self, request: dict, on_event: Callable[[dict], None], spawn_context: dict) -> dict:
+        """The worker's figures for the file (its output under a temporary name); raises the
+        worker's verdict as Failed, or Crash when it died mid-file."""
+        for _ in range(2):
+            sock = self._open(spawn_context)
+            stream = sock.makefile("rwb")
+            try:
+                message = {"op": "embed", "settings": self.settings, "request": request}
+                stream.write((json.dumps(message) + "\n").encode())
+                stream.flush()
+                answer = self._follow(stream, on_event)
+            finally:
+                stream.close()
+                sock.close()
+            if answer is not None:
+                return answer
+        raise Crash(f"the worker for {self.label} was replaced twice in a row")
+
+    def _follow(self, stream, on_event: Callable[[dict], None]) -> dict | None:
+        while True:
+            line = stream.readline()
+            if not line:
+                pid = self.worker.get("pid")
+                raise Crash(
+                    f"the worker for {self.label} (pid {pid}) ended without a result"
+                    if pid
+                    else f"the worker for {self.label} ended before it took the file"
+                )
+            event = json.loads(line)
+            kind = event["event"]
+            if kind == "replaced":
+                # other settings (model, precision, ...): it exits, and frees the device
+                _wait_gone(event["pid"], REPLACE_SECONDS)
+                return None
+            if kind == "accepted":
+                self.worker = event
+                if self.started_worker and not event["files_served"]:
+                    self.start_seconds = event["ready"] - self.spawned
+            elif kind == "done":
+                return event["stats"]
+            elif kind == "failed":
+                raise Failed(Verdict(**_verdict_fields(event["verdict"])))
+            else:
+                on_event(event)
+
+
+def _verdict_fields(verdict: dict) -> dict:
+    return {
+        "error_type": verdict["error_type"],
+        "counts_towards_abort": verdict["counts_towards_abort"],
+        "deterministic": verdict["deterministic"],
+        "message": verdict["error_message"],
+    }

@@ -1,0 +1,89 @@
+"""The per-file record (the embed rule's log, which Snakemake keeps after a failure), its copy
+in the run state for the next attempt, and the run's receipts of finished embeddings.
+
+Snakemake deletes a job's log before each attempt, so a retry learns what happened to the
+attempt before it from the copy under `<state>/attempts/`.
+
+A receipt is a hard link to a finished embedding under `<state>/finished/`. Snakemake
+removes the outputs of every job of a group when one of them fails (a packed SLURM
+submission: one bad file among twenty), and retries or gives up on the group as a whole. The
+receipt keeps the good files' results: a retry restores them instead of computing them
+again, and when the run ends the summary restores those Snakemake removed (same input, same
+settings, this run's), so a packed group with one bad file fails only that file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from seqembed.output import output_error, write_json
+
+
+def read_record(path: str | os.PathLike) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def last_attempt_path(state_dir: str, name: str) -> Path:
+    return Path(state_dir) / "attempts" / f"{name}.json"
+
+
+def receipt_path(state_dir: str, name: str) -> Path:
+    return Path(state_dir) / "finished" / name
+
+
+def write_record(record_path: str, state_dir: str, record: dict) -> None:
+    """The record, and its copy for the next attempt; OutputError when either cannot be
+    written (a full or read-only disk)."""
+    for path in (record_path, last_attempt_path(state_dir, record["name"])):
+        try:
+            write_json(path, record)
+        except OSError as error:
+            raise output_error(path, error) from None
+
+
+def input_stamp(path: str) -> dict | None:
+    """What makes an embedding stale besides the settings: the input file as it is now."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def keep_receipt(state_dir: str, name: str, output: str) -> None:
+    receipt = receipt_path(state_dir, name)
+    try:
+        receipt.parent.mkdir(parents=True, exist_ok=True)
+        receipt.unlink(missing_ok=True)
+        os.link(output, receipt)
+    except OSError:
+        pass  # no hard links here (some FUSE mounts): a removed file is then computed again
+
+
+def restore(record: dict | None, state_dir: str, settings: dict) -> bool:
+    """Put back the embedding of a `done` record that Snakemake removed, when the input and the
+    settings are those it was made with; True when the file is there afterwards."""
+    if not record or record.get("status") != "done":
+        return False
+    output = Path(record["output"])
+    if output.exists():
+        return True
+    receipt = receipt_path(state_dir, record["name"])
+    if (
+        record.get("input") != input_stamp(record["file"])
+        or record.get("settings") != settings
+        or not receipt.is_file()
+    ):
+        return False
+    try:
+        os.link(receipt, output)
+    except FileExistsError:
+        return True
+    except OSError:
+        return False
+    return True
