@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -117,3 +118,60 @@ def summary_checked(workdir: Path) -> dict:
 
 def record(workdir: Path, name: str) -> dict:
     return json.loads((workdir / "results" / "records" / f"{name}.json").read_text())
+
+
+def start_run(workdir: Path, faults: dict | None = None, *args: str, slots: int = 2, **popen):
+    """A run in the background, its output (both streams) in one pipe."""
+    return subprocess.Popen(
+        command(*args, slots=slots),
+        cwd=workdir,
+        env=environment(faults),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+def wait_for(condition, timeout_s: float = 120.0):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting")
+
+
+def progress_of(workdir: Path, name: str) -> dict:
+    """What the job of `name` last published for the live view ({} before it did)."""
+    path = workdir / "results" / ".seqembed" / "run" / "progress" / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def events(workdir: Path) -> list[dict]:
+    from seqembed import runstate
+
+    return runstate.events(workdir / "results" / ".seqembed" / "run")
+
+
+def paused_mid_write(workdir: Path, name: str, attempt: int = 1) -> dict:
+    """The running record of `name` once its job, on `attempt`, sits between its temporary
+    output and the rename (the injected pause)."""
+    folder = workdir / "results" / "embeddings"
+
+    def check():
+        temporaries = list(folder.glob(f".{name}.pt.*.tmp")) if folder.exists() else []
+        path = workdir / "results" / "records" / f"{name}.json"
+        if not temporaries or not path.exists():
+            return None
+        try:
+            state = json.loads(path.read_text())
+        except ValueError:
+            return None
+        return state if (state["status"], state["attempt"]) == ("running", attempt) else None
+
+    return wait_for(check)

@@ -9,13 +9,15 @@ step never applies stale ones. Keys:
   exactly where a CUDA allocation would, before the forward pass;
 - "oom_as_runtime_error": true - ... raised as the plain RuntimeError("CUDA out of memory")
   that some CUDA code paths raise instead;
-- "device_error": true - the first batch raises the RuntimeError of a CUDA device that is
-  left unusable ("CUDA error: an illegal memory access was encountered");
+- "device_error": {"attempt": K} - the first batch (of attempt K) raises the RuntimeError of
+  a CUDA device that is left unusable ("CUDA error: an illegal memory access was
+  encountered");
 - "model_read_error": {"name": NAME, "attempt": K} - when the job for NAME loads the model
   on attempt K, reading the checkpoint fails with an OS error (EIO), as on a shared disk that
   hiccups (the pre-flight, which reads it too, is spared);
-- "pause_before_rename": {"name": NAME, "attempt": K} - the job for NAME, on attempt K, has
-  its temporary output written and then sleeps, so a test can kill it mid-write;
+- "pause_before_rename": {"name": NAME, "attempts": [K, ...]} - the job for NAME, on the
+  attempts listed, has its temporary output written and then sleeps, so a test can kill it
+  mid-write;
 - "seconds_per_batch": S - every batch takes S seconds longer, as on a slow device, so a
   test sees jobs halfway through their files;
 - "gpu_computes_on_cpu": true - a job that claimed a GPU (granted by a real SLURM test
@@ -64,7 +66,8 @@ def maybe_raise_oom(computed_tokens: int, name: str | None = None) -> None:
 
 
 def maybe_raise_device_error(name: str | None = None) -> None:
-    if _faults(name).get("device_error"):
+    fault = _faults(name).get("device_error")
+    if fault and fault.get("attempt", 1) == _context.get("attempt", 1):
         raise RuntimeError(
             f"CUDA error: an illegal memory access was encountered (injected by {VARIABLE})"
         )
@@ -81,7 +84,7 @@ def maybe_fail_model_read(path) -> None:
 
 def maybe_pause_before_rename(name: str, attempt: int) -> None:
     pause = _faults(name).get("pause_before_rename")
-    if pause and pause.get("name") == name and pause.get("attempt", 1) == attempt:
+    if pause and pause.get("name") == name and attempt in pause.get("attempts", [1]):
         time.sleep(3600)
 
 

@@ -46,9 +46,13 @@ def reset(state_dir: str | Path, scheduler_pid: int | None = None) -> None:
     write_json(Path(state_dir) / STARTED, started)
     fd = os.open(Path(state_dir) / EVENTS, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        os.posix_fallocate(fd, 0, RESERVED_BYTES)
-    except OSError:
-        pass  # a filesystem without it: appends then need free space like any write
+        # as much as the disk gives, down to a few dozen events
+        for size in (RESERVED_BYTES, RESERVED_BYTES // 16, RESERVED_BYTES // 128):
+            try:
+                os.posix_fallocate(fd, 0, size)
+                break
+            except OSError:
+                continue  # too little space, or no fallocate: appends need space then
     finally:
         os.close(fd)
 

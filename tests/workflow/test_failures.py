@@ -6,28 +6,28 @@ so the real back-off code runs."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import torch
 from helpers import (
     NAMES,
     assert_embeddings_correct,
-    command,
-    environment,
+    events,
     failed_lines,
     jobs_to_run,
     last_line,
     make_workdir,
+    paused_mid_write,
+    progress_of,
     record,
     snakemake,
+    start_run,
     summary_checked,
+    wait_for,
 )
 
 pytestmark = pytest.mark.workflow
@@ -108,93 +108,79 @@ def test_oom_on_a_single_sequence_fails_that_file_only(workdir, tiny_model):
     assert_embeddings_correct(workdir, tiny_model, ["delta"])
 
 
-def wait_for(condition, timeout_s: float = 120.0):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting")
-
-
-def paused_mid_write(workdir: Path, name: str):
-    """The running record of `name` once its job sits between writing the temporary file
-    and renaming it (the injected pause)."""
-    folder = workdir / "results" / "embeddings"
-
-    def check():
-        temporaries = list(folder.glob(f".{name}.pt.*.tmp")) if folder.exists() else []
-        path = workdir / "results" / "records" / f"{name}.json"
-        if not temporaries or not path.exists():
-            return None
-        state = json.loads(path.read_text())
-        return state if state["status"] == "running" else None
-
-    return wait_for(check)
-
-
-def start_paused(workdir: Path, name: str, slots: int) -> subprocess.Popen:
-    """A run in the background whose job for `name` pauses on attempt 1 before renaming."""
-    return subprocess.Popen(
-        command(slots=slots),
-        cwd=workdir,
-        env=environment({"pause_before_rename": {"name": name, "attempt": 1}}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def test_job_killed_mid_write_leaves_no_output_and_is_retried_on_another_device(
+def test_a_crashed_job_is_retried_on_the_other_device_even_while_every_device_is_busy(
     workdir, tiny_model
 ):
-    # one job at a time, two device slots: the retry finds the other device free
-    run = start_paused(workdir, "beta", slots=1)
-    running = paused_mid_write(workdir, "beta")
+    # two devices, both busy: alpha computes slowly on one; beta's job is killed mid-write on
+    # the other, twice. Its own device is then the only free one, and still not retried on
+    faults = {
+        "pause_before_rename": {"name": "beta", "attempts": [1, 2]},
+        "files": {"alpha": {"seconds_per_batch": 1.5}},
+    }
+    run = start_run(workdir, faults)
+    first = paused_mid_write(workdir, "beta", attempt=1)
+    alpha = wait_for(lambda: progress_of(workdir, "alpha").get("device"))
+    assert alpha != first["device"]
     assert not (workdir / "results" / "embeddings" / "beta.pt").exists()
-    os.kill(running["pid"], signal.SIGKILL)
+    os.kill(first["pid"], signal.SIGKILL)
+
+    second = paused_mid_write(workdir, "beta", attempt=2)
+    assert second["device"] == alpha
+    alpha_done = record(workdir, "alpha")
+    assert alpha_done["status"] == "done" and second["claimed"] >= alpha_done["finished"]
+    # the running record of attempt 2 already carries attempt 1
+    assert [a["attempt"] for a in second["previous_attempts"]] == [1]
+    os.kill(second["pid"], signal.SIGKILL)
     output, _ = run.communicate(timeout=600)
     assert run.returncode == 0, output
 
     done = record(workdir, "beta")
-    assert done["status"] == "done" and done["attempt"] == 2
-    assert done["device"] != running["device"]
+    assert done["status"] == "done" and done["attempt"] == 3
     assert done["previous_attempts"] == [
         {
-            "attempt": 1,
-            "device": running["device"],
+            "attempt": attempt["attempt"],
+            "device": attempt["device"],
             "error_type": "Crash",
-            "error_message": f"attempt 1 ended without a result on {running['device']}",
+            "error_message": f"attempt {attempt['attempt']} ended without a result on "
+            f"{attempt['device']}",
         }
+        for attempt in (first, second)
     ]
     assert_embeddings_correct(workdir, tiny_model, NAMES)
     assert list((workdir / "results" / "embeddings").glob(".*.tmp")) == []
     assert failed_lines(workdir) == []
 
 
-def test_three_runtime_failures_in_a_row_abort_the_run(workdir):
-    # every batch "runs out of memory", even a single sequence: a broken GPU in effect
-    result = snakemake(workdir, faults={"oom_above_tokens": 10}, slots=1)
+def test_three_runtime_failures_in_a_row_abort_the_run_and_stop_the_running_job(workdir):
+    # every batch "runs out of memory", even a single sequence (a broken GPU in effect), but
+    # alpha's: it computes slowly on one device while the others fail one after another on
+    # the other device. The abort comes while alpha is halfway through its file
+    faults = {
+        "oom_above_tokens": 10,
+        "files": {"alpha": {"oom_above_tokens": None, "seconds_per_batch": 2.0}},
+    }
+    result = snakemake(workdir, faults=faults)
     assert result.returncode == 1, result.stderr
     lines = failed_lines(workdir)
-    by_size = sorted(NAMES, key=lambda n: -(workdir / "fasta" / f"{n}.fasta").stat().st_size)
-    oom = [f"fasta/{name}.fasta" for name in by_size[:3]]
-    assert sorted(line.split("|")[0] for line in lines if "|OOM|" in line) == sorted(oom)
-    aborted = [line for line in lines if "|Aborted|" in line]
-    assert [line.split("|")[0] for line in aborted] == [f"fasta/{by_size[3]}.fasta"]
+    failing = ["beta", "delta", "gamma"]
+    assert sorted(line.split("|")[0] for line in lines if "|OOM|" in line) == [
+        f"fasta/{name}.fasta" for name in failing
+    ]
     summary = summary_checked(workdir)
-    assert summary["aborted"].startswith("run aborted after 3 runtime failures in a row: ")
-    assert all(path in summary["aborted"] for path in oom)
-    assert f"seqembed: {summary['aborted']}" in result.stdout
-    # the run stopped: the last file was never started, or (when Snakemake had already
-    # launched it as the interrupt arrived) stopped at once, before claiming a device
-    last = workdir / "results" / "records" / f"{by_size[3]}.json"
-    if last.exists():
-        assert record(workdir, by_size[3])["device"] is None
-        assert [line.split("|")[2] for line in aborted] == [summary["aborted"]]
-    else:
-        assert [line.split("|")[2] for line in aborted] == [f"not started: {summary['aborted']}"]
+    reason = summary["aborted"]
+    assert reason.startswith("run aborted after 3 runtime failures in a row: ")
+    assert all(f"fasta/{name}.fasta" in reason for name in failing)
+    assert f"seqembed: {reason}" in result.stdout
+    # alpha was running when the abort came: stopped at its next batch, reported as Aborted
+    assert [line for line in lines if "|Aborted|" in line] == [
+        f"fasta/alpha.fasta|Aborted|stopped: {reason}"
+    ]
+    alpha = record(workdir, "alpha")
+    declared = next(e for e in events(workdir) if e["kind"] == "abort")["time"]
+    assert alpha["status"] == "failed" and alpha["attempt"] == 1
+    assert alpha["finished"] - declared < 8  # within a batch or two; the file needs 16 s
+    assert not (workdir / "results" / "embeddings" / "alpha.pt").exists()
+    assert list((workdir / "results" / "embeddings").glob(".*.tmp")) == []
 
     rerun = snakemake(workdir)  # the cause is gone: a fresh run, every file done
     assert rerun.returncode == 0, rerun.stderr
@@ -233,8 +219,8 @@ def test_unwritable_output_folder_stops_before_any_job(workdir):
 
 
 def test_second_snakemake_in_the_same_folder_is_refused_and_the_first_finishes(workdir, tiny_model):
-    first = start_paused(workdir, "alpha", slots=2)
-    running = paused_mid_write(workdir, "alpha")
+    first = start_run(workdir, {"pause_before_rename": {"name": "alpha", "attempts": [1]}})
+    running = paused_mid_write(workdir, "alpha", attempt=1)
     second = snakemake(workdir)
     assert second.returncode == 1
     assert "Directory cannot be locked" in second.stdout + second.stderr

@@ -72,7 +72,10 @@ def address(run_key: str, label: str) -> str:
 
 
 def log(message: str) -> None:
-    print(f"{datetime.now():%Y-%m-%d %H:%M:%S} {message}", flush=True)
+    try:
+        print(f"{datetime.now():%Y-%m-%d %H:%M:%S} {message}", flush=True)
+    except OSError:
+        pass  # the log's disk is full: the worker serves on, the job reports
 
 
 def alive(owner: dict) -> bool:
@@ -133,7 +136,7 @@ class Connection:
         try:
             self.conn.sendall((json.dumps(message) + "\n").encode())
         except OSError:
-            raise ClientGone("the job went away") from None
+            raise ClientGone("the job went away mid-file") from None
 
     def receive(self) -> dict | None:
         line = self.reader.readline()

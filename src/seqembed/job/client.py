@@ -103,10 +103,18 @@ def _wait_gone(pid: int, seconds: float) -> None:
 class WorkerSession:
     """One file handed to the worker of one device."""
 
-    def __init__(self, *, label: str, settings: dict, state_dir: str, logs_dir: str) -> None:
+    def __init__(
+        self,
+        *,
+        label: str,
+        settings: dict,
+        state_dir: str,
+        logs_dir: str,
+        owner: dict | None = None,
+    ) -> None:
         self.label = label
         self.settings = settings
-        self.owner = owner_facts()
+        self.owner = owner or owner_facts()
         self.address = "\0seqembed/" + run_key(state_dir, self.owner) + "/" + label
         self.log_path = worker_log_path(logs_dir, label)
         self.started_worker = False
@@ -147,29 +155,24 @@ class WorkerSession:
         worker's verdict as Failed, or Crash when it died mid-file."""
         for _ in range(2):
             sock = self._open(spawn_context)
-            stream = sock.makefile("rwb")
             try:
                 message = {"op": "embed", "settings": self.settings, "request": request}
-                stream.write((json.dumps(message) + "\n").encode())
-                stream.flush()
-                answer = self._follow(stream, on_event)
+                sock.sendall((json.dumps(message) + "\n").encode())
+                answer = self._follow(sock, on_event)
             finally:
-                stream.close()
                 sock.close()
             if answer is not None:
                 return answer
         raise Crash(f"the worker for {self.label} was replaced twice in a row")
 
-    def _follow(self, stream, on_event: Callable[[dict], None]) -> dict | None:
-        while True:
-            line = stream.readline()
-            if not line:
-                pid = self.worker.get("pid")
-                raise Crash(
-                    f"the worker for {self.label} (pid {pid}) ended without a result"
-                    if pid
-                    else f"the worker for {self.label} ended before it took the file"
-                )
+    def _check_owner(self) -> None:
+        """While the worker computes: a run that was killed (its Snakemake gone) leaves this
+        job an orphan; it ends, and its worker, seeing it go, ends too."""
+        if not _alive(self.owner):
+            raise Crash(f"the run ended while {self.label} computed (Snakemake is gone)")
+
+    def _follow(self, sock: socket.socket, on_event: Callable[[dict], None]) -> dict | None:
+        for line in _lines(sock, self._check_owner):
             event = json.loads(line)
             kind = event["event"]
             if kind == "replaced":
@@ -180,12 +183,48 @@ class WorkerSession:
                 self.worker = event
                 if self.started_worker and not event["files_served"]:
                     self.start_seconds = event["ready"] - self.spawned
+                on_event(event)
             elif kind == "done":
                 return event["stats"]
             elif kind == "failed":
                 raise Failed(Verdict(**_verdict_fields(event["verdict"])))
             else:
                 on_event(event)
+        pid = self.worker.get("pid")
+        raise Crash(
+            f"the worker for {self.label} (pid {pid}) ended without a result"
+            if pid
+            else f"the worker for {self.label} ended before it took the file"
+        )
+
+
+def _alive(owner: dict) -> bool:
+    try:
+        process = psutil.Process(owner["pid"])
+        return abs(process.create_time() - owner["create_time"]) < 1.0
+    except psutil.Error:
+        return False
+
+
+def _lines(sock: socket.socket, on_idle: Callable[[], None]):
+    """The lines the worker sends, until it closes its end; `on_idle` every few seconds of
+    silence (a model loading, a long batch)."""
+    sock.settimeout(2.0)
+    buffer = b""
+    while True:
+        newline = buffer.find(b"\n")
+        if newline >= 0:
+            yield buffer[:newline]
+            buffer = buffer[newline + 1 :]
+            continue
+        try:
+            chunk = sock.recv(1 << 16)
+        except TimeoutError:
+            on_idle()
+            continue
+        if not chunk:
+            return
+        buffer += chunk
 
 
 def _verdict_fields(verdict: dict) -> dict:

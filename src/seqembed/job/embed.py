@@ -228,6 +228,9 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
                     progress.advance(event["done"])
             elif event["event"] == "log":
                 say(config, "verbose", f"{job.name}: {event['message']}")
+            elif event["event"] == "accepted":  # which worker computes the file
+                with contextlib.suppress(OSError):
+                    progress.update(worker_pid=event["pid"])
 
         request = {
             "name": job.name,
