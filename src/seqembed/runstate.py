@@ -107,15 +107,24 @@ def _append(fd: int, data: bytes, event: dict) -> None:
 
 
 def record_outcome(
-    state_dir: str | Path, name: str, file: str, error_type: str | None, message: str = ""
+    state_dir: str | Path,
+    name: str,
+    file: str,
+    error_type: str | None,
+    message: str = "",
+    *,
+    counts: bool = True,
+    **details,
 ) -> str | None:
     """Append one finished attempt (error_type None = success) and return the abort reason
-    if this outcome completes a streak of ABORT_AFTER files failing at run time. Raises
-    OSError when the event cannot be written even into the reserved space."""
+    if this outcome completes a streak of ABORT_AFTER files failing at run time. A failure
+    that does not `count` (bad input, an abort) is logged for the summary but neither extends
+    nor breaks a streak. Raises OSError when the event cannot be written even into the
+    reserved space."""
     path = Path(state_dir) / EVENTS
     path.parent.mkdir(parents=True, exist_ok=True)
     event = {"kind": "outcome", "name": name, "file": file, "error_type": error_type}
-    event.update(message=message, time=time.time())
+    event.update(message=message, counts=counts, time=time.time(), **details)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         # one writer at a time, and the streak is judged on the log as this writer left it
@@ -123,7 +132,7 @@ def record_outcome(
         data = os.pread(fd, max(os.fstat(fd).st_size, 1), 0)
         _append(fd, data, event)
         past = [*_parse(data), event]
-        if any(e.get("kind") == "abort" for e in past):
+        if error_type is None or not counts or any(e.get("kind") == "abort" for e in past):
             return None
         # failures of distinct files since the last success: the retries of one bad file
         # are one failure, not a streak
@@ -131,10 +140,10 @@ def record_outcome(
         for earlier in reversed([e for e in past if e.get("kind") == "outcome"]):
             if earlier["error_type"] is None:
                 break
-            if earlier["name"] not in files:
+            if earlier.get("counts", True) and earlier["name"] not in files:
                 files.add(earlier["name"])
                 streak.append(earlier)
-        if error_type is None or len(streak) < ABORT_AFTER:
+        if len(streak) < ABORT_AFTER:
             return None
         named = "; ".join(
             f"{e['file']} ({e['error_type']}: {e['message']})"
@@ -146,6 +155,20 @@ def record_outcome(
         return reason
     finally:
         os.close(fd)
+
+
+def attempt_outcome(state_dir: str | Path, name: str, attempt: int) -> dict | None:
+    """What attempt `attempt` of `name` reported, if it could (its record may not say: a full
+    disk); None when it ended without a word."""
+    found = None
+    for event in events(state_dir):
+        if (event.get("kind"), event.get("name"), event.get("attempt")) == (
+            "outcome",
+            name,
+            attempt,
+        ):
+            found = event
+    return found
 
 
 def last_failures(state_dir: str | Path) -> dict[str, dict]:

@@ -214,8 +214,8 @@ def test_memory_stays_flat_over_many_files(tmp_path):
             worker, stats = embed(tmp_path, model, fasta)
             os.unlink(stats["temporary"])
             rss.append(stats["rss_mb"])
-        settled = sorted(rss[5:15])[5]
-        last = sorted(rss[40:])[5]
+        settled = sorted(rss[5:25])[10]  # medians: single files swing by 20 MB
+        last = sorted(rss[30:])[10]
         assert last - settled < 8, rss  # MB: noise, where a leak would add megabytes a file
     finally:
         if worker:

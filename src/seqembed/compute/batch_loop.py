@@ -79,6 +79,18 @@ def device_failure(error: BaseException) -> DeviceError | None:
     return None
 
 
+_preparer: ThreadPoolExecutor | None = None
+
+
+def _preparing_thread() -> ThreadPoolExecutor:
+    """One thread for the life of the process: a worker serves thousands of files, and a new
+    thread per file would cost the C allocator a new arena now and then."""
+    global _preparer
+    if _preparer is None:
+        _preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqembed-prepare")
+    return _preparer
+
+
 def _free_memory(device) -> None:
     import gc
 
@@ -141,8 +153,9 @@ def embed_all(
         return backend.prepare([records.sequences[i] for i in batch.indices])
 
     pending = deque(batches_of(unique, budget))
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqembed-prepare") as helper:
-        upcoming = helper.submit(prepare, pending[0]) if pending else None
+    helper = _preparing_thread()
+    upcoming = helper.submit(prepare, pending[0]) if pending else None
+    try:
         while pending:
             batch = pending.popleft()
             prepared = upcoming.result()
@@ -197,6 +210,9 @@ def embed_all(
                 f"{batch.padded_length} tokens, {len(pending)} batches left"
             )
             check_stop()
+    finally:
+        if upcoming is not None:
+            upcoming.cancel()
     for layer in layers:
         values = pooled[layer].cpu()  # one copy back per file
         if len(unique) < len(lengths):

@@ -23,7 +23,7 @@ import time
 
 from seqembed import runstate
 from seqembed.devices import slurm_job
-from seqembed.errors import Aborted, Crash, OutputError, Verdict, classify
+from seqembed.errors import Aborted, Crash, Failed, OutputError, Verdict, classify
 from seqembed.job.embed import EmbedJob, run_embed_job
 from seqembed.job.progress import publish_outcome
 from seqembed.job.records import last_attempt_path, read_record, restore, write_record
@@ -43,14 +43,20 @@ def run_or_record_failure(job: EmbedJob) -> dict:
                 return restored
             retry_of = None  # computed again, as a first attempt would
         if retry_of and retry_of["status"] == "running":
-            # the previous attempt of this run died without a word: killed, segfault, node
-            verdict = classify(
-                Crash(
-                    f"attempt {retry_of['attempt']} ended without a result on {retry_of['device']}"
+            reported = runstate.attempt_outcome(job.state_dir, job.name, retry_of["attempt"])
+            if reported and reported["error_type"]:
+                # it failed, and said so where the disk had room, but not in its record
+                retry_of = {**retry_of, **_verdict_of_event(reported).as_dict()}
+            else:
+                # the previous attempt of this run died without a word: killed, segfault, node
+                verdict = classify(
+                    Crash(
+                        f"attempt {retry_of['attempt']} ended without a result on "
+                        f"{retry_of['device']}"
+                    )
                 )
-            )
-            retry_of = {**retry_of, **verdict.as_dict()}
-            _count(job, verdict)
+                retry_of = {**retry_of, **verdict.as_dict()}
+                _count(job, verdict, retry_of["attempt"])
         if retry_of:
             history.append(_attempt(retry_of))
             if retry_of.get("deterministic"):
@@ -61,6 +67,11 @@ def run_or_record_failure(job: EmbedJob) -> dict:
             if attempt.get("device") and attempt["error_type"] in DEVICE_SUSPECT
         ]
         reason = runstate.abort_reason(job.state_dir)
+        if reason and history:
+            # what the file last failed with stays its verdict; it was only not retried
+            last = history[-1]
+            message = f"{last['error_message']} (not retried: the run was aborted)"
+            raise Failed(Verdict(last["error_type"], False, True, message))
         if reason:
             raise Aborted(f"not started: {reason}")
         record = run_embed_job(job, avoid=avoid, history=history)
@@ -68,11 +79,10 @@ def run_or_record_failure(job: EmbedJob) -> dict:
         raise
     except Exception as error:  # noqa: BLE001 - every failure must leave a record
         verdict = classify(error)
-        if verdict.counts_towards_abort:
-            _count(job, verdict)
+        _count(job, verdict, job.attempt)
         _fail(job, history, verdict)
     with contextlib.suppress(OSError):  # the success is on disk; only the streak misses it
-        runstate.record_outcome(job.state_dir, job.name, job.fasta, None)
+        runstate.record_outcome(job.state_dir, job.name, job.fasta, None, attempt=job.attempt)
     return record
 
 
@@ -87,10 +97,20 @@ def _restored(job: EmbedJob, done: dict) -> dict | None:
     return record
 
 
-def _count(job: EmbedJob, verdict: Verdict) -> None:
+def _count(job: EmbedJob, verdict: Verdict, attempt: int) -> None:
+    """Into the run's event log (whose space is reserved): towards the abort if the failure
+    counts, and for the summary and the next attempt in any case, should the record not make
+    it to the disk."""
     try:
         runstate.record_outcome(
-            job.state_dir, job.name, job.fasta, verdict.error_type, verdict.message
+            job.state_dir,
+            job.name,
+            job.fasta,
+            verdict.error_type,
+            verdict.message,
+            counts=verdict.counts_towards_abort,
+            deterministic=verdict.deterministic,
+            attempt=attempt,
         )
     except OSError as error:
         print(
@@ -98,6 +118,15 @@ def _count(job: EmbedJob, verdict: Verdict) -> None:
             f"abort ({error.strerror or error})",
             flush=True,
         )
+
+
+def _verdict_of_event(event: dict) -> Verdict:
+    return Verdict(
+        event["error_type"],
+        bool(event.get("counts", True)),
+        bool(event.get("deterministic")),
+        event["message"],
+    )
 
 
 def _attempt(record: dict) -> dict:
@@ -142,8 +171,8 @@ def _fail(job: EmbedJob, history: list[dict], verdict: Verdict):
     unrecorded = ""
     try:
         write_record(job.record, job.state_dir, record)
-    except OutputError as error:
-        unrecorded = f" (no record written: {error})"
+    except OutputError:
+        unrecorded = " (its record could not be written either)"
     with contextlib.suppress(OSError):
         publish_outcome(
             job.state_dir,
