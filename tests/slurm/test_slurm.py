@@ -73,8 +73,10 @@ def user_profile(workdir: Path) -> Path:
     return workdir / "profile"
 
 
-def run_on_slurm(workdir: Path, slurm_conf: str, *args: str) -> subprocess.CompletedProcess:
-    env = environment({"gpu_computes_on_cpu": True})
+def run_on_slurm(
+    workdir: Path, slurm_conf: str, *args: str, faults: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = environment({"gpu_computes_on_cpu": True, **(faults or {})})
     env["SLURM_CONF"] = slurm_conf
     command = [
         # SIGTERM would only make Snakemake wait for its running jobs: kill
@@ -131,28 +133,65 @@ def test_demo_workflow_through_sbatch_with_granted_gpus_failures_and_rerun(
     assert redone["device"] == f"cuda:{redone['slurm_gpus']}"
 
 
-def test_many_small_files_packed_into_fewer_submissions_of_one_gpu_each(
+def test_packed_submissions_share_one_worker_and_a_bad_file_fails_alone(
     tmp_path, tiny_model, slurm_conf
 ):
     workdir = make_workdir(tmp_path / "run", tiny_model, device="cuda")
     user_profile(workdir)
+    broken = workdir / "fasta" / "broken.fasta"
+    broken.write_text(">a\nMKV\n>b\nMK7V\n")
     result = run_on_slurm(
         workdir, slurm_conf, "--groups", "embed=pack", "--group-components", "pack=2"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # the group that holds the bad file fails (Snakemake then removes the outputs of all its
+    # files and runs it again, up to three times): only the bad file is a failure
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert failed_lines(workdir) == [
+        "fasta/broken.fasta|InputError|fasta/broken.fasta: line 4: record 'b' has characters "
+        "outside the alphabet: '7'"
+    ]
     assert_embeddings_correct(workdir, tiny_model, NAMES)
-    submissions: dict[str, list[str]] = {}
+    submissions: dict[str, list[dict]] = {}
     for name in NAMES:
         done = record(workdir, name)
+        assert done["status"] == "done"
         assert done["device"] == f"cuda:{done['slurm_gpus']}", done
-        submissions.setdefault(done["slurm_job_id"], []).append(name)
-    assert sorted(len(names) for names in submissions.values()) == [2, 2]
-    for job_id in submissions:
+        submissions.setdefault(done["slurm_job_id"], []).append(done)
+    assert sorted(len(files) for files in submissions.values()) in ([1, 1, 2], [2, 2])
+    for job_id, files in submissions.items():
+        # one model load per submission: its files share one worker
+        assert len({f["worker_pid"] for f in files}) == 1
+        assert sorted(f["model_was_loaded"] for f in files) == [False, True][: len(files)]
         shown = subprocess.run(
             ["scontrol", "show", "job", job_id],
             capture_output=True,
             text=True,
             env={**os.environ, "SLURM_CONF": slurm_conf},
         ).stdout
-        # two files, one after the other, on one GPU; the time limit covers both
-        assert "TresPerJob=gres:gpu:1\n" in shown and "TimeLimit=08:00:00" in shown, shown
+        # the files one after the other, on one GPU; the time limit covers them
+        assert "TresPerJob=gres:gpu:1\n" in shown, shown
+
+
+def test_an_abort_stops_the_submitting_snakemake(tmp_path, tiny_model, slurm_conf):
+    # every file fails at run time (a broken GPU in effect); three in a row abort the run,
+    # on a node. The submitting Snakemake, on another host in a real cluster, learns it from
+    # the shared run state and submits nothing more: not the other files, not the retries
+    workdir = make_workdir(tmp_path / "run", tiny_model, device="cuda")
+    for index in range(3):
+        shutil.copy(workdir / "fasta" / "gamma.fasta", workdir / "fasta" / f"late{index}.fasta")
+    user_profile(workdir)
+    result = run_on_slurm(workdir, slurm_conf, "--jobs", "3", faults={"oom_above_tokens": 10})
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = failed_lines(workdir)
+    failed = sorted(line.split("|")[0] for line in lines if "|OOM|" in line)
+    assert len(failed) == 3
+    aborted = [line.split("|")[0] for line in lines if "|Aborted|" in line]
+    assert len(aborted) == 4
+    assert "seqembed: run aborted after 3 runtime failures in a row" in result.stdout
+    # never submitted: no SLURM job ever ran for them, and none of the three failed files
+    # was submitted again for its retries (only one may have been on its way as the abort came)
+    records = workdir / "results" / "records"
+    ran = [path for path in aborted if (records / f"{Path(path).stem}.json").exists()]
+    assert len(ran) <= 1, ran
+    retried = [path for path in failed if record(workdir, Path(path).stem)["attempt"] > 1]
+    assert len(retried) <= 1, retried

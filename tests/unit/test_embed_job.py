@@ -4,6 +4,7 @@ plain unbatched forward pass."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -148,3 +149,31 @@ def test_identical_sequences_are_computed_once_and_copied(tmp_path, tiny_model):
     assert result["ids"] == ["a", "b", "c", "d", "e"]
     assert (got - expected).abs().max().item() <= 1e-5
     assert torch.equal(got[0], got[2]) and torch.equal(got[1], got[3])
+
+
+def test_a_retry_after_a_done_attempt_restores_it_or_computes_again(tmp_path, tiny_model):
+    # a packed SLURM submission: another file of the group failed, Snakemake removed this
+    # file's finished output and runs the group again as attempt 2
+    from dataclasses import replace
+
+    from seqembed import runstate
+
+    fasta = tmp_path / "good.fasta"
+    fasta.write_text(">a\nMKTAYIAKQR\n>b\nGGGGHHHH\n")
+    job = make_job(tmp_path, fasta, tiny_model)
+    runstate.reset(job.state_dir)
+    first = run_or_record_failure(job)
+    made = open(job.output, "rb").read()
+    os.unlink(job.output)
+    restored = run_or_record_failure(replace(job, attempt=2))
+    assert open(job.output, "rb").read() == made
+    assert restored["status"] == "done" and restored["restored_from_attempt"] == 1
+    assert restored["finished"] == first["finished"]  # not computed again
+    # the input changed meanwhile: the old result is not valid, it is computed again
+    os.unlink(job.output)
+    fasta.write_text(">a\nMKTAYIAKQRW\n")
+    again = run_or_record_failure(replace(job, attempt=3))
+    assert again["status"] == "done" and "restored_from_attempt" not in again
+    assert torch.load(job.output)["ids"] == ["a"]
+    # none of this counted as a failure
+    assert runstate.last_failures(job.state_dir) == {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from matplotlib.colors import to_hex
 
 from seqembed.report.summary import summarize
-from seqembed.report.timeline import OUTCOME_COLOURS, draw_timeline, lanes
+from seqembed.report.timeline import OUTCOME_COLOURS, SETUP, SETUP_COLOUR, draw_timeline, lanes
 
 
 def done(name, device, claimed, finished, **extra):
@@ -90,3 +90,19 @@ def test_a_run_that_computed_nothing_still_gets_a_picture(tmp_path):
     axes = draw_timeline({"old": RECORDS["old"]}, summary, tmp_path / "t.svg", since=50.0)
     assert (tmp_path / "t.svg").read_text().lstrip().startswith("<?xml")
     assert axes.get_title(loc="left") == "no file was computed in this run"
+
+
+def test_start_up_and_model_load_show_in_a_colour_of_their_own(tmp_path):
+    # b started the worker of cuda:1 (3 s before its first batch); c found it loaded
+    records = {
+        "b": done("b", "cuda:1", 101.0, 130.0, model_was_loaded=False, worker_start_seconds=3.0),
+        "c": done("c", "cuda:1", 131.0, 150.0, model_was_loaded=True, worker_start_seconds=0),
+    }
+    by_device = lanes(records)
+    assert [(bar.name, bar.setup) for bar in by_device["cuda:1"]] == [("b", 3.0), ("c", 0.0)]
+    axes = draw_timeline(records, summarize(records), tmp_path / "t.png")
+    setup = [c for c in axes.collections if to_hex(c.get_facecolors()[0]) == SETUP_COLOUR.lower()]
+    ((segment,),) = [[path.get_extents().x0 for path in c.get_paths()] for c in setup]
+    widths = [path.get_extents().width for path in setup[0].get_paths()]
+    assert segment == 0.0 and widths == [3.0]
+    assert SETUP in [t.get_text() for t in axes.get_legend().get_texts()]

@@ -111,7 +111,7 @@ def test_one_worker_serves_file_after_file_with_the_model_loaded_once(
         second, again = embed(tmp_path, tiny_model, fasta_set["beta"])
         assert not second.started_worker  # found running, model in memory
         assert second.worker["pid"] == first.worker["pid"]
-        assert second.worker["files_served"] == 1 and again["files_served"] == 2
+        assert second.worker["files_served"] == 1 and again["worker_files_served"] == 2
         for name, figures in (("alpha", stats), ("beta", again)):
             output = tmp_path / "out" / f"{name}.pt"
             commit(figures["temporary"], output)
@@ -213,7 +213,7 @@ def test_memory_stays_flat_over_many_files(tmp_path):
             fasta.write_text("".join(records))
             worker, stats = embed(tmp_path, model, fasta)
             os.unlink(stats["temporary"])
-            rss.append(stats["rss_mb"])
+            rss.append(stats["worker_rss_mb"])
         settled = sorted(rss[5:25])[10]  # medians: single files swing by 20 MB
         last = sorted(rss[30:])[10]
         assert last - settled < 8, rss  # MB: noise, where a leak would add megabytes a file

@@ -41,8 +41,16 @@ def workdir(tmp_path, tiny_model):
 def test_malformed_file_fails_alone_and_a_rerun_after_the_fix_redoes_only_it(workdir, tiny_model):
     broken = workdir / "fasta" / "broken.fasta"
     broken.write_text(">a\nMKV\n>b\nMK7V\n")
+    # what else a glob finds in a real folder: a link whose data moved, a folder
+    (workdir / "fasta" / "moved.fasta").symlink_to("/data/gone/moved.fasta")
+    (workdir / "fasta" / "parts.fa").mkdir()
     result = snakemake(workdir)
     assert result.returncode == 2, result.stderr
+    assert (
+        "seqembed: warning: skipped input fasta/moved.fasta: broken symbolic link (to "
+        "/data/gone/moved.fasta)" in result.stderr
+    )
+    assert "seqembed: warning: skipped input fasta/parts.fa: a folder, not a file" in result.stderr
     assert failed_lines(workdir) == [
         "fasta/broken.fasta|InputError|fasta/broken.fasta: line 4: record 'b' has characters "
         "outside the alphabet: '7'"
@@ -54,6 +62,10 @@ def test_malformed_file_fails_alone_and_a_rerun_after_the_fix_redoes_only_it(wor
     assert summary["files"]["done"] == 4 and summary["files"]["failed"] == 1
     assert summary["failures_by_type"] == {"InputError": 1}
     assert summary["failures"][0]["error_type"] == "InputError"
+    assert summary["unusable_inputs"] == {
+        "fasta/moved.fasta": "broken symbolic link (to /data/gone/moved.fasta)",
+        "fasta/parts.fa": "a folder, not a file",
+    }
 
     broken.write_text(">a\nMKV\n>b\nMKSV\n")
     assert jobs_to_run(workdir)["embed"] == ["broken"]
@@ -72,6 +84,16 @@ def test_empty_file_is_a_valid_empty_output(workdir):
     assert empty["mean_representations"][3].shape == (0, 32)
     assert record(workdir, "empty")["device"] is None
     assert failed_lines(workdir) == []
+
+
+def test_layers_the_model_does_not_have_stop_the_run_before_any_job(workdir):
+    result = snakemake(workdir, "--config", "layers=[12]")
+    assert result.returncode == 1
+    assert last_line(result) == (
+        "seqembed: pre-flight failed: config key 'layers': layer 12 does not exist: "
+        "esm2_t3_32D_demo_random has layers 0..3"
+    )
+    assert not (workdir / "results" / "records").exists()
 
 
 def test_oom_mid_file_is_recovered_by_back_off(workdir, tiny_model):

@@ -57,6 +57,8 @@ from seqembed.errors import (
 IDLE_SECONDS = 60
 #: exit status when another worker already serves this address
 ADDRESS_IN_USE = 3
+#: exit status when SLURM gave the worker's step another GPU than the job claimed
+WRONG_DEVICE = 4
 #: failures after which the worker is known to be sound and keeps serving
 KEEP_SERVING = (SequenceTooLarge, Aborted, OutputError, OutOfMemory, ModelError)
 
@@ -79,6 +81,8 @@ def log(message: str) -> None:
 
 
 def alive(owner: dict) -> bool:
+    if owner.get("pid") is None:
+        return True  # a SLURM allocation: it ends this worker's step itself
     try:
         process = psutil.Process(owner["pid"])
         return abs(process.create_time() - owner["create_time"]) < 1.0 and process.is_running()
@@ -248,8 +252,8 @@ class Worker:
             return f"after an unforeseen error: {verdict.message}"
         self.files_served += 1
         release_memory(self.backend.device)
-        stats["rss_mb"] = psutil.Process().memory_info().rss / 2**20
-        stats["files_served"] = self.files_served
+        stats["worker_rss_mb"] = psutil.Process().memory_info().rss / 2**20
+        stats["worker_files_served"] = self.files_served
         log(
             f"{request['name']}: {len(request['ids'])} sequences in "
             f"{time.time() - started:.2f} s (file {self.files_served} of this worker)"
@@ -283,9 +287,22 @@ def main() -> None:
         raise
     server.listen(8)
     label = spec["settings"]["device"]
+    granted = os.environ.get("SLURM_STEP_GPUS")
+    if label.startswith("cuda:") and spec.get("slurm_gpus") and granted != spec["slurm_gpus"]:
+        log(
+            f"not started: SLURM gave this step GPU {granted}, the job claimed GPU "
+            f"{spec['slurm_gpus']}"
+        )
+        sys.exit(WRONG_DEVICE)
+    owner = spec["owner"]
+    lifetime = (
+        f"ends with SLURM job {owner['slurm_job']}"
+        if owner.get("slurm_job")
+        else f"ends with Snakemake pid {owner['pid']}"
+    )
     log(
         f"worker pid {os.getpid()} for {label} started by {spec.get('name')}: model "
-        f"{spec['settings']['model']}, owner Snakemake pid {spec['owner']['pid']}"
+        f"{spec['settings']['model']}; {lifetime}"
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     worker = Worker(spec)

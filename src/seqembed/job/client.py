@@ -1,7 +1,15 @@
 """The job's side of the resident worker (seqembed.compute.worker): find the worker of the
 claimed device, start it when there is none, hand it the file, relay its progress, and turn
 its answer (or its death) into the job's outcome. Torch-free: this is what keeps a job's
-start-up under a second."""
+start-up under a second.
+
+Inside a SLURM allocation every embed job is a job step of its own (the jobstep executor runs
+each through `srun`), and SLURM ends a step's processes with it. So there the worker is
+started as a step of its own too (`srun --overlap`, on the job's node, with the job's GPU):
+it outlives the job that started it, serves the next files of the same submission (a packed
+group), and ends with the allocation, or after its idle time. Where SLURM gives the worker
+step another GPU than the job claimed, or cannot start it, the job computes its file itself.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +25,18 @@ from pathlib import Path
 
 import psutil
 
-from seqembed.devices import cuda_env_for
-from seqembed.errors import Crash, Failed, Verdict
+from seqembed.devices import cuda_env_for, slurm_job
+from seqembed.errors import Crash, Failed, SeqembedError, Verdict
 
 #: the worker binds its address before it imports torch: a second is plenty
 CONNECT_SECONDS = 30.0
 #: a worker asked to make way for other settings frees its device within this time
 REPLACE_SECONDS = 60.0
 ADDRESS_IN_USE = 3  # seqembed.compute.worker.ADDRESS_IN_USE, without importing it
+
+
+class WorkerUnavailable(SeqembedError):
+    """No worker could be started for the device: the job computes the file itself."""
 
 
 def owner_process() -> psutil.Process:
@@ -47,11 +59,21 @@ def owner_facts() -> dict:
     return {"pid": owner.pid, "create_time": owner.create_time()}
 
 
+def worker_owner(owner: dict) -> dict:
+    """Whose end ends the workers: the run's Snakemake (`owner`); inside SLURM the allocation,
+    which ends its steps itself."""
+    job = slurm_job()
+    return {"pid": None, "slurm_job": job} if job else owner
+
+
 def run_key(state_dir: str, owner: dict) -> str:
     """Names the run's workers: a new run (or the same folder after a crash) never connects to
     the workers of another."""
-    facts = f"{socket.gethostname()}:{os.path.realpath(state_dir)}:{owner['pid']}:"
-    facts += f"{owner['create_time']:.3f}"
+    if owner.get("slurm_job"):
+        identity = f"slurm-{owner['slurm_job']}"
+    else:
+        identity = f"{owner['pid']}:{owner['create_time']:.3f}"
+    facts = f"{socket.gethostname()}:{os.path.realpath(state_dir)}:{identity}"
     return hashlib.sha1(facts.encode()).hexdigest()[:16]
 
 
@@ -78,9 +100,25 @@ def _spawn(spec: dict, label: str, log_path: Path) -> subprocess.Popen:
     # long-lived processes on a GPU: fewer fragments over many files of different lengths
     environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "seqembed.compute.worker", json.dumps(spec)]
+    if slurm_job():
+        step = ["srun", "--overlap", "--ntasks=1", "--nodes=1", f"-w{socket.gethostname()}"]
+        step += ["--job-name=seqembed-worker", f"--cpus-per-task={spec['settings']['threads']}"]
+        if label.startswith("cuda:"):
+            step.append("--gres=gpu:1")
+        # written by SLURM itself: the worker outlives this job's step (and its srun)
+        step += [f"--output={log_path}", "--open-mode=append", "--quiet"]
+        return subprocess.Popen(
+            step + command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=environ,
+            close_fds=True,
+        )
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "seqembed.compute.worker", json.dumps(spec)],
+            command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -115,7 +153,7 @@ class WorkerSession:
         self.label = label
         self.settings = settings
         self.owner = owner or owner_facts()
-        self.address = "\0seqembed/" + run_key(state_dir, self.owner) + "/" + label
+        self.address = "\0seqembed/" + run_key(state_dir, worker_owner(self.owner)) + "/" + label
         self.log_path = worker_log_path(logs_dir, label)
         self.started_worker = False
         self.start_seconds = 0.0
@@ -129,7 +167,9 @@ class WorkerSession:
         spec = {
             "address": self.address,
             "settings": self.settings,
-            "owner": self.owner,
+            "owner": worker_owner(self.owner),
+            # inside SLURM: the GPU this job claimed, which the worker step must have too
+            "slurm_gpus": os.environ.get("SLURM_STEP_GPUS") or os.environ.get("SLURM_JOB_GPUS"),
             **spawn_context,
         }
         process = _spawn(spec, self.label, self.log_path)
@@ -142,13 +182,15 @@ class WorkerSession:
                 return sock
             code = process.poll()
             if code is not None and code != ADDRESS_IN_USE:
-                raise Crash(
+                raise WorkerUnavailable(
                     f"the worker for {self.label} exited at start (status {code}); see "
                     f"{self.log_path}"
                 )
             time.sleep(0.02)
         process.kill()
-        raise Crash(f"the worker for {self.label} did not start in {CONNECT_SECONDS:.0f} s")
+        raise WorkerUnavailable(
+            f"the worker for {self.label} did not start in {CONNECT_SECONDS:.0f} s"
+        )
 
     def embed(self, request: dict, on_event: Callable[[dict], None], spawn_context: dict) -> dict:
         """The worker's figures for the file (its output under a temporary name); raises the

@@ -122,30 +122,21 @@ def compute(job: EmbedJob, label: str, request: dict, on_event) -> dict:
     if job.config["worker"] == "per_file" or not request["ids"]:
         # the way back, and an empty file (no device, nothing to compute): this process is
         # its own worker
-        from seqembed.compute.embed_file import embed_file, stop_when
-        from seqembed.compute.worker import load_model
-
-        faults.use(request["faults"], job.name, job.attempt)
-        os.environ.update(cuda_env_for(label))
-        started = time.time()
-        backend, load_seconds = load_model(settings)
-        start_seconds = time.time() - started
-        stats = embed_file(backend, request, emit=on_event, check_stop=stop_when(job.state_dir))
-        return {
-            **stats,
-            "model_was_loaded": False,
-            "worker_pid": os.getpid(),
-            "worker_start_seconds": start_seconds,
-            "model_load_seconds": load_seconds,
-        }
-    from seqembed.job.client import WorkerSession
+        return compute_here(job, label, settings, request, on_event)
+    from seqembed.job.client import WorkerSession, WorkerUnavailable
 
     session = WorkerSession(
         label=label, settings=settings, state_dir=job.state_dir, logs_dir=job.logs_dir
     )
-    stats = session.embed(
-        request, on_event, {"name": job.name, "attempt": job.attempt, "faults": request["faults"]}
-    )
+    try:
+        stats = session.embed(
+            request,
+            on_event,
+            {"name": job.name, "attempt": job.attempt, "faults": request["faults"]},
+        )
+    except WorkerUnavailable as reason:
+        say(job.config, "normal", f"seqembed: {job.name}: {reason}: computing it in the job")
+        return compute_here(job, label, settings, request, on_event)
     if session.started_worker and not session.worker["files_served"]:
         say(
             job.config,
@@ -160,6 +151,26 @@ def compute(job: EmbedJob, label: str, request: dict, on_event) -> dict:
         "worker_pid": session.worker["pid"],
         "worker_start_seconds": session.start_seconds,
         "model_load_seconds": session.worker["load_seconds"] if session.started_worker else 0.0,
+    }
+
+
+def compute_here(job: EmbedJob, label: str, settings: dict, request: dict, on_event) -> dict:
+    """This process as its own worker: it imports torch and loads the model for one file."""
+    from seqembed.compute.embed_file import embed_file, stop_when
+    from seqembed.compute.worker import load_model
+
+    faults.use(request["faults"], job.name, job.attempt)
+    os.environ.update(cuda_env_for(label))
+    started = time.time()
+    backend, load_seconds = load_model(settings)
+    start_seconds = time.time() - started
+    stats = embed_file(backend, request, emit=on_event, check_stop=stop_when(job.state_dir))
+    return {
+        **stats,
+        "model_was_loaded": False,
+        "worker_pid": os.getpid(),
+        "worker_start_seconds": start_seconds,
+        "model_load_seconds": load_seconds,
     }
 
 
