@@ -105,10 +105,14 @@ def workflow(model: Path, corpus_dir: Path, out: Path) -> dict:
         "residues": sum(r["residues"] for r in records),
         "real_tokens": sum(r["real_tokens"] for r in records),
         "computed_tokens": sum(r["computed_tokens"] for r in records),
-        # what a job spends before its first batch: interpreter, imports, model load
-        "overhead_seconds": sum(r["startup_seconds"] + r["model_load_seconds"] for r in records),
+        # what a file costs before its first batch: the job's interpreter and imports, and a
+        # worker's start-up and model load where the file had to start one
+        "overhead_seconds": sum(
+            r["startup_seconds"] + (0 if r["model_was_loaded"] else r["worker_start_seconds"])
+            for r in records
+        ),
         "job_seconds": sum(r["startup_seconds"] + r["wall_seconds"] for r in records),
-        "peak_rss_mb": max(r["peak_rss_mb"] for r in records),
+        "peak_rss_mb": max(max(r["peak_rss_mb"], r.get("worker_rss_mb", 0)) for r in records),
         "wall_seconds": wall,
     }
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +32,7 @@ from seqembed.compute.backends.esm import EsmBackend, load_esm  # noqa: E402
 from seqembed.compute.batch_loop import embed_all  # noqa: E402
 from seqembed.compute.batching import fixed_budget, make_batches  # noqa: E402
 from seqembed.compute.embed_file import batch_budget  # noqa: E402
+from seqembed.compute.memory import fit_memory, measure_sequence_bytes  # noqa: E402
 from seqembed.demo import random_protein, read_length, save_esm2_checkpoint  # noqa: E402
 from seqembed.fasta import FastaRecords  # noqa: E402
 
@@ -147,10 +150,75 @@ def fair_esm_load_seconds(path: Path) -> float:
     return seconds
 
 
+def memory_check(path: Path, device: str, precision: str, tokens: int) -> dict:
+    """The worker's measured cost per sequence, fitted from two probes, against the peak of a
+    real batch as the budget sizes it."""
+    backend = EsmBackend.load(str(path), device=device, precision=precision, truncation=1022)
+    layer = backend.num_layers
+    fit = fit_memory(backend, [layer])
+    budget = batch_budget("auto", backend, [layer])
+    sequences = max(1, budget(tokens) // tokens)
+    measured = measure_sequence_bytes(backend, [layer], tokens, sequences) * sequences
+    predicted = fit.bytes_per_sequence(tokens) * sequences
+    del backend
+    return {
+        "memory_tokens": tokens,
+        "memory_batch_sequences": sequences,
+        "memory_predicted_gib": predicted / 2**30,
+        "memory_measured_gib": measured / 2**30,
+        "memory_bytes_per_token_linear": fit.linear,
+        "memory_bytes_per_token_squared": fit.quadratic,
+    }
+
+
+def peptide_files(folder: Path, files: int, sequences: int, seed: int = 13) -> Path:
+    """VirNucPro's input: files of translated reads, about 50 residues each."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(files):
+        text = "".join(
+            f">r{index}_{i}\n{random_protein(rng, rng.randint(40, 60))}\n" for i in range(sequences)
+        )
+        (folder / f"reads{index:02d}.fasta").write_text(text)
+    return folder
+
+
+def end_to_end(path: Path, inputs: Path, out: Path, device: str) -> dict:
+    """The same files through `snakemake` on one device: resident workers, then one process
+    per file. Wall seconds and the summary's accounting for each."""
+    figures = {}
+    for mode in ("resident", "per_file"):
+        output = out / f"e2e-{path.stem}-{mode}"
+        command = [
+            str(Path(sys.executable).with_name("snakemake")),
+            *("-s", str(REPO / "Snakefile"), "--cores", "4", "--resources", "gpu=1"),
+            *("--config", f"input_dir={inputs}", f"output_dir={output}", f"model={path}"),
+            *(f"device={'cpu' if device == 'cpu' else 'cuda'}", "cpu_slots=1", f"worker={mode}"),
+            *("verbosity=quiet", f"lock_dir={out / 'locks'}"),
+        ]
+        started = time.time()
+        subprocess.run(command, cwd=out, check=True, capture_output=True)
+        wall = time.time() - started
+        summary = json.loads((output / "summary.json").read_text())
+        figures[mode] = {
+            "wall_seconds": wall,
+            "residues_per_s": summary["residues"] / wall,
+            "utilisation": summary["utilisation"],
+            "setup_seconds": summary["setup_seconds"],
+            "setup_share": summary["setup_share"],
+            "models_loaded": summary["models_loaded"],
+        }
+        shutil.rmtree(output, ignore_errors=True)
+    figures["speedup"] = figures["per_file"]["wall_seconds"] / figures["resident"]["wall_seconds"]
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/gpu-bench"))
     parser.add_argument("--sequences", type=int, default=4000)
+    parser.add_argument("--files", type=int, default=3, help="files through snakemake")
+    parser.add_argument("--peptides-per-file", type=int, default=10_000)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
     args = parser.parse_args()
 
@@ -166,6 +234,9 @@ def main() -> None:
     report["matmul_peak_tflops"] = peak
     print(f"device {report['device']}: measured {precision} matmul peak {peak:.1f} TFLOP/s")
     records = corpus(sequences)
+    inputs = peptide_files(
+        args.out / "peptides", args.files, 20 if smoke else args.peptides_per_file
+    )
 
     for name, shape in shapes.items():
         path = write_checkpoint(args.out / "models", shape, device)
@@ -192,6 +263,25 @@ def main() -> None:
         )
         figures["fair_esm_fp32_tokens_per_s"] = run_fair_esm_fp32(
             path, records, device, seconds_cap=5 if smoke else 30
+        )
+        if not smoke:
+            torch.cuda.empty_cache()
+        figures.update(memory_check(path, device, precision, 128 if smoke else 1024))
+        print(
+            f"{name}: a batch of {figures['memory_batch_sequences']} x "
+            f"{figures['memory_tokens']} tokens: predicted "
+            f"{figures['memory_predicted_gib'] * 1024:,.1f} MiB, measured "
+            f"{figures['memory_measured_gib'] * 1024:,.1f} MiB"
+        )
+        if not smoke:
+            torch.cuda.empty_cache()
+        figures["end_to_end"] = end_to_end(path, inputs, args.out, device)
+        e2e = figures["end_to_end"]
+        print(
+            f"{name}: {args.files} files through snakemake, resident "
+            f"{e2e['resident']['wall_seconds']:.1f} s ({e2e['resident']['models_loaded']} load) "
+            f"vs per file {e2e['per_file']['wall_seconds']:.1f} s "
+            f"({e2e['per_file']['models_loaded']} loads): {e2e['speedup']:.2f}x"
         )
         report["models"][name] = figures
         print(

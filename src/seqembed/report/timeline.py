@@ -64,6 +64,10 @@ def lanes(records: Mapping[str, dict | None], since: float | None = None) -> dic
     return dict(sorted(by_device.items()))
 
 
+def _thousands(value: float, _position) -> str:
+    return f"{value / 1000:,.0f}k" if value >= 1000 else f"{value:,.0f}"
+
+
 def draw_timeline(
     records: Mapping[str, dict | None],
     summary: dict,
@@ -77,6 +81,7 @@ def draw_timeline(
     matplotlib.use("Agg")  # no display, and never a GUI toolkit in Snakemake's process
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter
 
     by_device = lanes(records, since)
     devices = list(by_device)
@@ -140,6 +145,9 @@ def draw_timeline(
     throughput.set_yticks(range(len(devices)), [""] * len(devices))
     throughput.set_ylim(timeline.get_ylim())
     throughput.set_xlabel("residues / s (busy time)")
+    # a narrow panel: few ticks, in thousands, or the labels run into each other
+    throughput.locator_params(axis="x", nbins=3)
+    throughput.xaxis.set_major_formatter(FuncFormatter(_thousands))
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return timeline
