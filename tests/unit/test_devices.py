@@ -18,10 +18,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from seqembed import devices
+from seqembed import claims as devices
+from seqembed.claims import claim_device
 from seqembed.devices import (
     DeviceError,
-    claim_device,
     cuda_env_for,
     gpu_pool,
     resolve_pool,

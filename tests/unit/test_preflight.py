@@ -85,7 +85,7 @@ def test_layers_the_model_does_not_have_stop_the_run_before_any_load(tiny_model)
 
 
 def test_device_locks_that_cannot_work_stop_the_run(tmp_path, monkeypatch):
-    from seqembed import devices
+    from seqembed import claims
     from seqembed.run.preflight import run_preflight
 
     # a folder that cannot exist (below a file): the claim would fail in every job
@@ -100,8 +100,8 @@ def test_device_locks_that_cannot_work_stop_the_run(tmp_path, monkeypatch):
     def no_flock(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(devices.fcntl, "flock", no_flock)
-    problem = devices.check_locking(tmp_path / "nfs")
+    monkeypatch.setattr(claims.fcntl, "flock", no_flock)
+    problem = claims.check_locking(tmp_path / "nfs")
     assert problem.startswith(f"device locks do not work in {tmp_path / 'nfs'}")
     assert "(No locks available): set lock_dir to a folder on a local disk" in problem
 

@@ -16,7 +16,8 @@ from reference import reference_embeddings
 
 from seqembed.compute.backends.esm import PROTEIN_ALPHABET
 from seqembed.fasta import read_fasta
-from seqembed.report.summary import read_records, summarize
+from seqembed.report.outcomes import read_records
+from seqembed.report.summary import summarize
 
 pytestmark = pytest.mark.workflow
 

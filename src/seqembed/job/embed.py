@@ -23,17 +23,16 @@ from pathlib import Path
 import psutil
 
 from seqembed import faults, runstate
+from seqembed.claims import claim_device
 from seqembed.compute.backends import alphabet_for
 from seqembed.devices import (
-    claim_device,
-    cuda_env_for,
     lane_for,
     resolve_pool,
     slurm_job,
-    torch_device_for,
 )
 from seqembed.errors import Aborted
 from seqembed.fasta import read_fasta
+from seqembed.job.handoff import compute
 from seqembed.job.progress import JobProgress, view_is_on
 from seqembed.job.records import input_stamp, keep_receipt, write_record
 from seqembed.output import commit, output_error, stale_temporaries
@@ -98,80 +97,6 @@ def waiting_news(job: EmbedJob, holders: dict[str, dict]) -> None:
         )
     else:
         say(job.config, news_level(), f"{job.name}: waiting for a free device")
-
-
-def worker_settings(job: EmbedJob, label: str) -> dict:
-    """Everything that shapes the loaded network: a worker holding other settings is replaced."""
-    config = job.config
-    torch_device = "cpu" if faults.gpu_computes_on_cpu() else torch_device_for(label)
-    return {
-        "device": label,
-        "torch_device": torch_device,
-        "model": config["model"],
-        "model_cache": config["model_cache"],
-        "precision": config["precision"],
-        "truncation": config["truncation"],
-        "threads": max(1, job.threads),
-    }
-
-
-def compute(job: EmbedJob, label: str, request: dict, on_event) -> dict:
-    """The file through the model on `label`; the worker's figures plus how the model was
-    found: loaded already, or loaded for this file (and how long that took)."""
-    settings = worker_settings(job, label)
-    if job.config["worker"] == "per_file" or not request["ids"]:
-        # the way back, and an empty file (no device, nothing to compute): this process is
-        # its own worker
-        return compute_here(job, label, settings, request, on_event)
-    from seqembed.job.client import WorkerSession, WorkerUnavailable
-
-    session = WorkerSession(
-        label=label, settings=settings, state_dir=job.state_dir, logs_dir=job.logs_dir
-    )
-    try:
-        stats = session.embed(
-            request,
-            on_event,
-            {"name": job.name, "attempt": job.attempt, "faults": request["faults"]},
-        )
-    except WorkerUnavailable as reason:
-        say(job.config, "normal", f"seqembed: {job.name}: {reason}: computing it in the job")
-        return compute_here(job, label, settings, request, on_event)
-    if session.started_worker and not session.worker["files_served"]:
-        say(
-            job.config,
-            "normal",
-            f"seqembed: {label}: worker pid {session.worker['pid']} started in "
-            f"{session.start_seconds:.1f} s (model load {session.worker['load_seconds']:.1f} s;"
-            f" log {session.log_path})",
-        )
-    return {
-        **stats,
-        "model_was_loaded": not session.started_worker,
-        "worker_pid": session.worker["pid"],
-        "worker_start_seconds": session.start_seconds,
-        "model_load_seconds": session.worker["load_seconds"] if session.started_worker else 0.0,
-    }
-
-
-def compute_here(job: EmbedJob, label: str, settings: dict, request: dict, on_event) -> dict:
-    """This process as its own worker: it imports torch and loads the model for one file."""
-    from seqembed.compute.embed_file import embed_file, stop_when
-    from seqembed.compute.worker import load_model
-
-    faults.use(request["faults"], job.name, job.attempt)
-    os.environ.update(cuda_env_for(label))
-    started = time.time()
-    backend, load_seconds = load_model(settings)
-    start_seconds = time.time() - started
-    stats = embed_file(backend, request, emit=on_event, check_stop=stop_when(job.state_dir))
-    return {
-        **stats,
-        "model_was_loaded": False,
-        "worker_pid": os.getpid(),
-        "worker_start_seconds": start_seconds,
-        "model_load_seconds": load_seconds,
-    }
 
 
 def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] = ()) -> dict:
@@ -256,7 +181,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
             "state_dir": job.state_dir,
             "faults": faults.text(),
         }
-        stats = compute(job, label, request, on_event)
+        stats = compute(job, label, request, on_event, say)
         temporary = stats.pop("temporary")
         reason = runstate.abort_reason(job.state_dir)
         if reason:

@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from seqembed.claims import check_locking
 from seqembed.compute.models import (
     FetchError,
     cached_checkpoint,
@@ -17,7 +18,7 @@ from seqembed.compute.models import (
     is_cached,
     is_checkpoint_path,
 )
-from seqembed.devices import DeviceError, check_locking, resolve_pool, slurm_job
+from seqembed.devices import DeviceError, resolve_pool, slurm_job
 
 
 class PreflightError(Exception):
