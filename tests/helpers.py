@@ -175,3 +175,25 @@ def paused_mid_write(workdir: Path, name: str, attempt: int = 1) -> dict:
         return state if (state["status"], state["attempt"]) == ("running", attempt) else None
 
     return wait_for(check)
+
+
+def small_disk(folder: Path, size: str) -> str | None:
+    """Mount a tmpfs of `size` on `folder` (a real filesystem that fills up); None when done,
+    else why it cannot be done here (not root, no mount)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        return f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}"
+    return None
+
+
+def fill(folder: Path) -> None:
+    """Write into `folder` until its filesystem says it is full."""
+    with open(folder / "filler", "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(b"x" * 4096)
+        except OSError:
+            pass

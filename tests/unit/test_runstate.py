@@ -3,6 +3,7 @@ import multiprocessing as mp
 import subprocess
 
 import pytest
+from helpers import fill, small_disk
 
 from seqembed import runstate
 
@@ -56,19 +57,13 @@ def test_concurrent_writers_lose_no_event(tmp_path):
 def test_the_streak_and_the_abort_are_counted_when_the_disk_is_full(tmp_path):
     # a tiny filesystem, filled up after the run started: the reserved space takes the events
     folder = tmp_path / "tiny"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    problem = small_disk(folder, "2m")
+    if problem:
+        pytest.skip(problem)
     try:
         state = folder / "run"
         runstate.reset(state)
-        with open(folder / "filler", "wb", buffering=0) as filler:
-            with pytest.raises(OSError):
-                while True:
-                    filler.write(b"x" * 65536)
+        fill(folder)
         with pytest.raises(OSError):
             (folder / "another").write_text(json.dumps({"no": "space"}))
         for name in "abc":

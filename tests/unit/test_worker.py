@@ -19,6 +19,7 @@ import psutil
 import pytest
 import torch
 from conftest import REPO
+from helpers import wait_for
 from reference import reference_embeddings
 
 from seqembed.compute.backends import PROTEIN_ALPHABET
@@ -81,16 +82,6 @@ def embed(tmp_path, model, fasta, events=None, faults=None, owner=None, **change
 
 def worker_log(tmp_path) -> str:
     return "".join(path.read_text() for path in (tmp_path / "logs").glob("*.log"))
-
-
-def wait_for(condition, timeout_s=60.0):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def stop(pid: int) -> None:

@@ -7,14 +7,15 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 from helpers import (
     NAMES,
     assert_embeddings_correct,
+    fill,
     make_workdir,
+    small_disk,
     snakemake,
     start_run,
     wait_for,
@@ -54,41 +55,29 @@ def test_two_runs_on_one_host_never_compute_on_one_device_at_once(tmp_path, tiny
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def disk(tmp_path):
     folder = tmp_path / "disk"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    problem = small_disk(folder, "4m")
+    if problem:
+        pytest.skip(problem)
     yield folder
     subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-def fill(folder: Path) -> None:
-    with open(folder / "filler", "wb", buffering=0) as filler:
-        try:
-            while True:
-                filler.write(b"x" * 4096)
-        except OSError:
-            pass
-
-
 def test_a_full_output_disk_fails_files_with_one_line_aborts_and_still_reports(
-    tmp_path, tiny_model, small_disk
+    tmp_path, tiny_model, disk
 ):
     workdir = make_workdir(tmp_path / "run", tiny_model)
     config = yaml.safe_load((workdir / "config.yaml").read_text())
-    config["output_dir"] = str(small_disk / "results")
+    config["output_dir"] = str(disk / "results")
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     for index in range(3):  # more files than the abort needs
         shutil.copy(workdir / "fasta" / "gamma.fasta", workdir / "fasta" / f"extra{index}.fasta")
     run = start_run(workdir, {"seconds_per_batch": 0.5})
-    results = small_disk / "results"
+    results = disk / "results"
     # the run has started (plan written, a job computing), then the disk fills up
     wait_for(lambda: (results / "plan.tsv").exists() and list(results.glob("records/*.json")))
-    fill(small_disk)
+    fill(disk)
     output, _ = run.communicate(timeout=600)
     assert run.returncode == 1, output
     assert "Traceback" not in output
@@ -113,7 +102,7 @@ def test_a_full_output_disk_fails_files_with_one_line_aborts_and_still_reports(
         assert path.stat().st_size > 0
 
     # space again: the same command finishes exactly what is missing
-    (small_disk / "filler").unlink()
+    (disk / "filler").unlink()
     rerun = snakemake(workdir)
     assert rerun.returncode == 0, rerun.stderr
     done = sorted(path.stem for path in (results / "embeddings").glob("*.pt"))

@@ -20,7 +20,6 @@ from helpers import (
     failed_lines,
     jobs_to_run,
     last_line,
-    make_workdir,
     paused_mid_write,
     progress_of,
     record,
@@ -31,11 +30,6 @@ from helpers import (
 )
 
 pytestmark = pytest.mark.workflow
-
-
-@pytest.fixture
-def workdir(tmp_path, tiny_model):
-    return make_workdir(tmp_path / "run", tiny_model)
 
 
 def test_malformed_file_fails_alone_and_a_rerun_after_the_fix_redoes_only_it(workdir, tiny_model):

@@ -16,7 +16,6 @@ from helpers import (
     NAMES,
     assert_embeddings_correct,
     failed_lines,
-    make_workdir,
     progress_of,
     record,
     snakemake,
@@ -26,11 +25,6 @@ from helpers import (
 )
 
 pytestmark = pytest.mark.workflow
-
-
-@pytest.fixture
-def workdir(tmp_path, tiny_model):
-    return make_workdir(tmp_path / "run", tiny_model)
 
 
 def workers_of(workdir) -> list[psutil.Process]:
