@@ -79,7 +79,9 @@ onstart:
     # an abort declared by any job, here or on a cluster node, stops this process as Ctrl-C
     # would: nothing more is started or submitted, and onerror writes the summary
     runstate.watch_for_abort(
-        LAYOUT.state, lambda reason: os.kill(os.getpid(), signal.SIGINT), interval_s=0.5
+        LAYOUT.state,
+        lambda reason: os.kill(os.getpid(), signal.SIGINT),
+        interval_s=0.5,
     )
     # the view lists this host's devices; on a cluster it learns the nodes' from the jobs
     pool = []

@@ -195,17 +195,24 @@ class WorkerSession:
     def embed(self, request: dict, on_event: Callable[[dict], None], spawn_context: dict) -> dict:
         """The worker's figures for the file (its output under a temporary name); raises the
         worker's verdict as Failed, or Crash when it died mid-file."""
-        for _ in range(2):
+        for _ in range(3):
             sock = self._open(spawn_context)
             try:
                 message = {"op": "embed", "settings": self.settings, "request": request}
                 sock.sendall((json.dumps(message) + "\n").encode())
                 answer = self._follow(sock, on_event)
+            except ConnectionError:
+                if self.worker:
+                    raise Crash(
+                        f"the worker for {self.label} (pid {self.worker['pid']}) ended without "
+                        "a result"
+                    ) from None
+                answer = None  # it ended (idle) as this job connected: find or start another
             finally:
                 sock.close()
             if answer is not None:
                 return answer
-        raise Crash(f"the worker for {self.label} was replaced twice in a row")
+        raise Crash(f"the worker for {self.label} ended or was replaced three times in a row")
 
     def _check_owner(self) -> None:
         """While the worker computes: a run that was killed (its Snakemake gone) leaves this
@@ -232,11 +239,10 @@ class WorkerSession:
                 raise Failed(Verdict(**_verdict_fields(event["verdict"])))
             else:
                 on_event(event)
-        pid = self.worker.get("pid")
+        if not self.worker:
+            return None  # it ended (idle) before it took the file: find or start another
         raise Crash(
-            f"the worker for {self.label} (pid {pid}) ended without a result"
-            if pid
-            else f"the worker for {self.label} ended before it took the file"
+            f"the worker for {self.label} (pid {self.worker['pid']}) ended without a result"
         )
 
 
