@@ -37,3 +37,11 @@ def make_fasta_set(folder: Path) -> dict[str, Path]:
 @pytest.fixture
 def fasta_set(tmp_path) -> dict[str, Path]:
     return make_fasta_set(tmp_path / "fasta")
+
+
+@pytest.fixture
+def workdir(tmp_path, tiny_model):
+    """A user's folder: four FASTA files and a config for the tiny model on two CPU slots."""
+    from helpers import make_workdir  # helpers imports this module
+
+    return make_workdir(tmp_path / "run", tiny_model)
