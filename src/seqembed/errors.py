@@ -102,6 +102,16 @@ class Verdict:
             "error_message": self.message,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Verdict:
+        """The verdict in a record or a worker's answer (as_dict's fields)."""
+        return cls(
+            data["error_type"],
+            bool(data.get("counts_towards_abort", True)),
+            bool(data.get("deterministic")),
+            data["error_message"],
+        )
+
 
 class Failed(SeqembedError):
     """A verdict reached elsewhere (the worker), raised again where the failure is recorded."""

@@ -170,21 +170,26 @@ class Worker:
         self.load_error = None
         self.load_seconds = 0.0
         self.files_served = 0
-        self.started = time.time()
         self.ready = 0.0
         self.fits: dict = {}
 
+    @property
+    def run_ended(self) -> str | None:
+        if alive(self.owner):
+            return None
+        return f"its run ended (Snakemake pid {self.owner['pid']} is gone)"
+
     def owner_check(self) -> None:
-        if not alive(self.owner):
-            raise ClientGone(f"its run ended (Snakemake pid {self.owner['pid']} is gone)")
+        if self.run_ended:
+            raise ClientGone(self.run_ended)
 
     def serve(self, server: socket.socket) -> str:
         """Serve jobs until a reason to end; returns it."""
         idle_since = time.monotonic()
         server.settimeout(1.0)
         while True:
-            if not alive(self.owner):
-                return f"its run ended (Snakemake pid {self.owner['pid']} is gone)"
+            if self.run_ended:
+                return self.run_ended
             if time.monotonic() - idle_since > IDLE_SECONDS:
                 return f"idle for {IDLE_SECONDS} s"
             try:
@@ -240,7 +245,7 @@ class Worker:
             release_memory(self.backend.device)
             log(f"{request['name']}: {verdict.error_type}: {verdict.message}")
             if isinstance(error, ClientGone):
-                return None if alive(self.owner) else str(error)
+                return self.run_ended
             try:
                 connection.send({"event": "failed", "verdict": verdict.as_dict()})
             except ClientGone:

@@ -60,7 +60,7 @@ def run_or_record_failure(job: EmbedJob) -> dict:
         if retry_of:
             history.append(_attempt(retry_of))
             if retry_of.get("deterministic"):
-                _fail(job, history, _verdict(retry_of))
+                _fail(job, history, Verdict.from_dict(retry_of))
         avoid = [
             attempt["device"]
             for attempt in history
@@ -138,15 +138,6 @@ def _attempt(record: dict) -> dict:
     }
 
 
-def _verdict(record: dict) -> Verdict:
-    return Verdict(
-        record["error_type"],
-        bool(record.get("counts_towards_abort")),
-        bool(record.get("deterministic")),
-        record["error_message"],
-    )
-
-
 def _fail(job: EmbedJob, history: list[dict], verdict: Verdict):
     # the device this attempt had claimed, from its "running" record, so a retry avoids it
     current = read_record(last_attempt_path(job.state_dir, job.name)) or {}
@@ -173,15 +164,14 @@ def _fail(job: EmbedJob, history: list[dict], verdict: Verdict):
         write_record(job.record, job.state_dir, record)
     except OutputError:
         unrecorded = " (its record could not be written either)"
-    with contextlib.suppress(OSError):
-        publish_outcome(
-            job.state_dir,
-            job.name,
-            status="failed",
-            file=job.fasta,
-            attempt=job.attempt,
-            error_type=verdict.error_type,
-            error_message=verdict.message,
-        )
+    publish_outcome(
+        job.state_dir,
+        job.name,
+        status="failed",
+        file=job.fasta,
+        attempt=job.attempt,
+        error_type=verdict.error_type,
+        error_message=verdict.message,
+    )
     where = "" if job.fasta in verdict.message else f"{job.fasta}: "
     raise SystemExit(f"seqembed: {verdict.error_type}: {where}{verdict.message}{unrecorded}")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 
+from seqembed.compute.worker import ADDRESS_IN_USE, address, alive
 from seqembed.devices import cuda_env_for, slurm_job
 from seqembed.errors import Crash, Failed, SeqembedError, Verdict
 
@@ -32,7 +33,6 @@ from seqembed.errors import Crash, Failed, SeqembedError, Verdict
 CONNECT_SECONDS = 30.0
 #: a worker asked to make way for other settings frees its device within this time
 REPLACE_SECONDS = 60.0
-ADDRESS_IN_USE = 3  # seqembed.compute.worker.ADDRESS_IN_USE, without importing it
 
 
 class WorkerUnavailable(SeqembedError):
@@ -153,9 +153,11 @@ class WorkerSession:
         self.label = label
         self.settings = settings
         self.owner = owner or owner_facts()
-        self.address = "\0seqembed/" + run_key(state_dir, worker_owner(self.owner)) + "/" + label
+        self.worker_owner = worker_owner(self.owner)
+        self.address = address(run_key(state_dir, self.worker_owner), label)
         self.log_path = worker_log_path(logs_dir, label)
         self.started_worker = False
+        self.spawned = 0.0
         self.start_seconds = 0.0
         self.worker: dict = {}
 
@@ -167,7 +169,7 @@ class WorkerSession:
         spec = {
             "address": self.address,
             "settings": self.settings,
-            "owner": worker_owner(self.owner),
+            "owner": self.worker_owner,
             # inside SLURM: the GPU this job claimed, which the worker step must have too
             "slurm_gpus": os.environ.get("SLURM_STEP_GPUS") or os.environ.get("SLURM_JOB_GPUS"),
             **spawn_context,
@@ -217,7 +219,7 @@ class WorkerSession:
     def _check_owner(self) -> None:
         """While the worker computes: a run that was killed (its Snakemake gone) leaves this
         job an orphan; it ends, and its worker, seeing it go, ends too."""
-        if not _alive(self.owner):
+        if not alive(self.owner):
             raise Crash(f"the run ended while {self.label} computed (Snakemake is gone)")
 
     def _follow(self, sock: socket.socket, on_event: Callable[[dict], None]) -> dict | None:
@@ -236,7 +238,7 @@ class WorkerSession:
             elif kind == "done":
                 return event["stats"]
             elif kind == "failed":
-                raise Failed(Verdict(**_verdict_fields(event["verdict"])))
+                raise Failed(Verdict.from_dict(event["verdict"]))
             else:
                 on_event(event)
         if not self.worker:
@@ -244,14 +246,6 @@ class WorkerSession:
         raise Crash(
             f"the worker for {self.label} (pid {self.worker['pid']}) ended without a result"
         )
-
-
-def _alive(owner: dict) -> bool:
-    try:
-        process = psutil.Process(owner["pid"])
-        return abs(process.create_time() - owner["create_time"]) < 1.0
-    except psutil.Error:
-        return False
 
 
 def _lines(sock: socket.socket, on_idle: Callable[[], None]):
@@ -273,12 +267,3 @@ def _lines(sock: socket.socket, on_idle: Callable[[], None]):
         if not chunk:
             return
         buffer += chunk
-
-
-def _verdict_fields(verdict: dict) -> dict:
-    return {
-        "error_type": verdict["error_type"],
-        "counts_towards_abort": verdict["counts_towards_abort"],
-        "deterministic": verdict["deterministic"],
-        "message": verdict["error_message"],
-    }

@@ -15,7 +15,6 @@ import csv
 import os
 import resource
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from seqembed.devices import (
 from seqembed.errors import Aborted
 from seqembed.fasta import read_fasta
 from seqembed.job.handoff import compute
-from seqembed.job.progress import JobProgress, view_is_on
+from seqembed.job.progress import JobProgress, news_level, say
 from seqembed.job.records import input_stamp, keep_receipt, write_record
 from seqembed.output import commit, output_error, stale_temporaries
 
@@ -53,17 +52,10 @@ class EmbedJob:
     threads: int = 1
     attempt: int = 1
 
-
-def say(config: dict, level: str, message: str) -> None:
-    order = {"quiet": 0, "normal": 1, "verbose": 2}
-    if order[config["verbosity"]] >= order[level]:
-        print(message, file=sys.stderr, flush=True)
-
-
-def news_level() -> str:
-    """The level of per-file news (waiting for a device, done): a live view shows it
-    already, so without verbose the job keeps quiet."""
-    return "verbose" if view_is_on() else "normal"
+    @property
+    def output_dir(self) -> str:
+        """The run's output folder, as the device claims name it to other runs."""
+        return str(Path(self.plan_path).resolve().parent)
 
 
 def planned_device(tsv: str | os.PathLike, name: str) -> str | None:
@@ -82,12 +74,11 @@ def planned_device(tsv: str | os.PathLike, name: str) -> str | None:
 def waiting_news(job: EmbedJob, holders: dict[str, dict]) -> None:
     """Waiting for a device is routine within a run; a device held by another run or user is
     not, and is said at any verbosity but quiet."""
-    output_dir = str(Path(job.plan_path).resolve().parent)
     others = [
         f"{label} by {note.get('user', '?')} (pid {note.get('pid', '?')}, "
         f"output {note.get('output_dir', '?')})"
         for label, note in holders.items()
-        if note and note.get("output_dir") != output_dir
+        if note and note.get("output_dir") != job.output_dir
     ]
     if others:
         say(
@@ -110,11 +101,9 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
     progress = JobProgress(
         job.state_dir, job.name, file=job.fasta, attempt=job.attempt, total=len(lengths)
     )
-    with contextlib.suppress(OSError):  # a full disk: the view misses one update
-        progress.update(status="waiting")
+    progress.update(status="waiting")
 
     planned = planned_device(job.plan_path, job.name)
-    output_dir = str(Path(job.plan_path).resolve().parent)
     if lengths:
         claim = claim_device(
             resolve_pool(config["device"], config["gpus"], config["cpu_slots"]),
@@ -122,7 +111,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
             holder=job.name,
             prefer=[planned] if planned else [],
             avoid=avoid,
-            note={"output_dir": output_dir},
+            note={"output_dir": job.output_dir},
             on_wait=lambda holders: waiting_news(job, holders),
         )
         label = claim.label
@@ -155,18 +144,15 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
         # the crash
         write_record(job.record, job.state_dir, {**base, "status": "running"})
         if lengths:  # an empty file occupies no device
-            with contextlib.suppress(OSError):
-                progress.update(status="running", device=base["device"], lane=base["lane"])
+            progress.update(status="running", device=base["device"], lane=base["lane"])
 
         def on_event(event: dict) -> None:
             if event["event"] == "progress":
-                with contextlib.suppress(OSError):
-                    progress.advance(event["done"])
+                progress.advance(event["done"])
             elif event["event"] == "log":
                 say(config, "verbose", f"{job.name}: {event['message']}")
             elif event["event"] == "accepted":  # which worker computes the file
-                with contextlib.suppress(OSError):
-                    progress.update(worker_pid=event["pid"])
+                progress.update(worker_pid=event["pid"])
 
         request = {
             "name": job.name,
@@ -181,7 +167,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
             "state_dir": job.state_dir,
             "faults": faults.text(),
         }
-        stats = compute(job, label, request, on_event, say)
+        stats = compute(job, label, request, on_event)
         temporary = stats.pop("temporary")
         reason = runstate.abort_reason(job.state_dir)
         if reason:
@@ -211,8 +197,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     write_record(job.record, job.state_dir, record)
-    with contextlib.suppress(OSError):
-        progress.update(status="done", done=len(lengths))
+    progress.update(status="done", done=len(lengths))
     say(
         config,
         news_level(),

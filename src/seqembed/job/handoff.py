@@ -11,6 +11,7 @@ import time
 
 from seqembed import faults
 from seqembed.devices import cuda_env_for, torch_device_for
+from seqembed.job.progress import say
 
 
 def worker_settings(job, label: str) -> dict:
@@ -28,7 +29,7 @@ def worker_settings(job, label: str) -> dict:
     }
 
 
-def compute(job, label: str, request: dict, on_event, say) -> dict:
+def compute(job, label: str, request: dict, on_event) -> dict:
     """The file through the model on `label`; the worker's figures plus how the model was
     found: loaded already, or loaded for this file (and how long that took)."""
     settings = worker_settings(job, label)

@@ -9,9 +9,11 @@ same whether the jobs run on this host or on cluster nodes sharing the output fo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +54,10 @@ class JobProgress:
 
     def _write(self) -> None:
         self.fields["updated"] = time.time()
-        # a lost update costs nothing, an fsync per job every half second on a shared disk does
-        write_json(self.path, self.fields, durable=False)
+        # a lost update costs nothing, an fsync per job every half second on a shared disk does;
+        # nor does one the disk refused (full): the view misses it, the job goes on
+        with contextlib.suppress(OSError):
+            write_json(self.path, self.fields, durable=False)
         self._written = time.monotonic()
 
     def update(self, **fields) -> None:
@@ -76,7 +80,21 @@ def publish_outcome(state_dir: str | os.PathLike, name: str, **fields) -> None:
         current = json.loads(path.read_text())
     except (OSError, ValueError):
         current = {"name": name}
-    write_json(path, {**current, **fields, "updated": time.time()}, durable=False)
+    with contextlib.suppress(OSError):  # a full disk: the record or the event log says it
+        write_json(path, {**current, **fields, "updated": time.time()}, durable=False)
+
+
+def say(config: dict, level: str, message: str) -> None:
+    """A line from the job on its stderr, at `level` (quiet, normal, verbose) or above."""
+    order = {"quiet": 0, "normal": 1, "verbose": 2}
+    if order[config["verbosity"]] >= order[level]:
+        print(message, file=sys.stderr, flush=True)
+
+
+def news_level() -> str:
+    """The level of per-file news (waiting for a device, done): a live view shows it
+    already, so without verbose the job keeps quiet."""
+    return "verbose" if view_is_on() else "normal"
 
 
 @dataclass

@@ -14,7 +14,7 @@ from seqembed import runstate
 from seqembed.devices import lane_of
 from seqembed.layout import RunLayout
 from seqembed.output import write_atomically, write_json, write_text
-from seqembed.report.outcomes import outcomes, restore_removed
+from seqembed.report.outcomes import outcomes
 from seqembed.report.timeline import draw_timeline
 
 #: summary.json's layout, documented field by field in workflow/schemas/summary.schema.yaml
@@ -234,6 +234,7 @@ def report_run(
     *,
     aborted: str | None = None,
     unusable: Mapping[str, str] | None = None,
+    settings: Mapping | None = None,
 ) -> dict:
     """Summarize the outcomes of `files` (name -> input path), write summary.json,
     failed_files.txt and the timeline picture, print the table; the summary rule and the
@@ -244,7 +245,14 @@ def report_run(
     except (OSError, ValueError, KeyError):
         planned = None
     since = runstate.run_started(layout.state)
-    records = outcomes(layout, files, aborted=aborted, since=since)
+    records, restored = outcomes(layout, files, aborted=aborted, since=since, settings=settings)
+    if restored:
+        print(
+            f"seqembed: {len(restored)} finished embedding(s) that Snakemake removed when "
+            f"another file of their group failed were put back: {', '.join(restored[:5])}"
+            + (" ..." if len(restored) > 5 else ""),
+            flush=True,
+        )
     summary = summarize(records, planned, aborted, since, unusable)
     table = render_table(summary)
     try:
@@ -279,17 +287,12 @@ def exit_code_after_failure(
     write the summary from whatever finished and tell the caller's script what happened: 2
     some files done and some failed; 1 nothing done, the run was aborted, or every file is
     done but another step failed. The reason is the last line seqembed prints."""
-    if settings is not None:
-        restored = restore_removed(layout, files, settings, runstate.run_started(layout.state))
-        if restored:
-            print(
-                f"seqembed: {len(restored)} finished embedding(s) that Snakemake removed when "
-                f"another file of their group failed were put back: {', '.join(restored[:5])}"
-                + (" ..." if len(restored) > 5 else ""),
-                flush=True,
-            )
     summary = report_run(
-        layout, files, aborted=runstate.abort_reason(layout.state), unusable=unusable
+        layout,
+        files,
+        aborted=runstate.abort_reason(layout.state),
+        unusable=unusable,
+        settings=settings,
     )
     counts = summary["files"]
     if summary["aborted"]:

@@ -63,10 +63,11 @@ def check_devices(config: dict, environ=os.environ) -> list[str]:
     return pool
 
 
-def _checkpoint_problem(path: Path, layers) -> str | None:
+def _checkpoint_problem(path: Path, layers, unreadable_hint: str = "") -> str | None:
     """Read the checkpoint's structure the way the jobs will, without materializing its
     tensors, so a 15B model is checked in seconds on any node; and the requested layers
-    against its depth, before any job loads it."""
+    against its depth, before any job loads it. `unreadable_hint` follows a problem with the
+    file itself (not with the layers)."""
     from seqembed.compute.backends import ModelError, resolve_layers
     from seqembed.compute.backends.esm import read_checkpoint
 
@@ -74,9 +75,14 @@ def _checkpoint_problem(path: Path, layers) -> str | None:
         data = read_checkpoint(path)
     except Exception as error:  # noqa: BLE001 - any reason means "not loadable"
         summary = " ".join(str(error).split())[:160]
-        return f"{path} cannot be read as a torch checkpoint ({type(error).__name__}: {summary})"
+        return (
+            f"{path} cannot be read as a torch checkpoint ({type(error).__name__}: {summary})"
+            + unreadable_hint
+        )
     if not isinstance(data, dict) or "model" not in data or not ({"cfg", "args"} & set(data)):
-        return f"{path} is not a fair-esm checkpoint (no 'model' and 'cfg' entries)"
+        return (
+            f"{path} is not a fair-esm checkpoint (no 'model' and 'cfg' entries)" + unreadable_hint
+        )
     depth = _depth(data)
     if depth is not None:
         try:
@@ -126,11 +132,9 @@ def check_model(
             fetch(model, model_cache, mirror)
         except FetchError as error:
             raise PreflightError(str(error)) from None
-    problem = _checkpoint_problem(cached, layers)
-    if problem and problem.startswith("config key"):
-        raise PreflightError(problem)
+    problem = _checkpoint_problem(cached, layers, "; delete it to fetch it again")
     if problem:
-        raise PreflightError(f"{problem}; delete it to fetch it again")
+        raise PreflightError(problem)
     return str(cached)
 
 
