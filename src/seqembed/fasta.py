@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from seqembed.compression import CorruptInput, lines
 from seqembed.errors import InputError
 
 __all__ = ["FastaRecords", "FastaStats", "InputError", "fasta_stats", "read_fasta"]
@@ -36,10 +37,11 @@ class FastaRecords:
 def fasta_stats(path: str | os.PathLike) -> FastaStats:
     """Count sequences and residues without building strings: the plan reads every input file
     in the Snakemake process, so this must stay cheap for thousands of files. Lenient on
-    purpose: judging a file is the embed job's work, where a failure costs only that file."""
+    purpose: judging a file is the embed job's work, where a failure costs only that file (a
+    corrupt or unreadable file counts what could be read). `bytes` is the size on disk."""
     sequences = residues = longest = current = 0
-    with open(path, "rb") as handle:
-        for line in handle:
+    try:
+        for line in lines(path):
             if line.startswith(BOM):
                 line = line[len(BOM) :]
             if line.startswith(b">"):
@@ -50,6 +52,8 @@ def fasta_stats(path: str | os.PathLike) -> FastaStats:
                 length = len(line.strip())
                 current += length
                 residues += length
+    except (OSError, CorruptInput):
+        pass
     return FastaStats(sequences, residues, max(longest, current), os.path.getsize(path))
 
 
@@ -97,46 +101,47 @@ def read_fasta(path: str | os.PathLike, alphabet: Iterable[str]) -> FastaRecords
         sequences.append(sequence)
 
     try:
-        with open(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                if number == 1 and raw.startswith(BOM):
-                    raw = raw[len(BOM) :]
-                if b"\x00" in raw:
-                    raise InputError(f"{path}: line {number}: binary content, not a FASTA file")
-                raw = raw.strip()
-                if raw.startswith(b">"):
-                    if ids:
-                        finish()
-                    words = _header_text(raw[1:]).split(maxsplit=1)
-                    if not words:
-                        raise InputError(f"{path}: line {number}: header without an id")
-                    ids.append(words[0])
-                    header_line = number
-                    chunks = []
-                    stop_line = 0
-                elif raw:
-                    try:
-                        line = raw.decode("ascii").upper()
-                    except UnicodeDecodeError:
-                        if not ids:
-                            raise InputError(
-                                f"{path}: line {number}: binary content, not a FASTA file"
-                            ) from None
-                        raise outside(number, set(_header_text(raw)) - allowed) from None
+        for number, raw in enumerate(lines(path), start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM) :]
+            if b"\x00" in raw:
+                raise InputError(f"{path}: line {number}: binary content, not a FASTA file")
+            raw = raw.strip()
+            if raw.startswith(b">"):
+                if ids:
+                    finish()
+                words = _header_text(raw[1:]).split(maxsplit=1)
+                if not words:
+                    raise InputError(f"{path}: line {number}: header without an id")
+                ids.append(words[0])
+                header_line = number
+                chunks = []
+                stop_line = 0
+            elif raw:
+                try:
+                    line = raw.decode("ascii").upper()
+                except UnicodeDecodeError:
                     if not ids:
                         raise InputError(
-                            f"{path}: line {number}: not FASTA: text before the first '>' header"
-                        )
-                    if stop_line:  # a '*' ended the line before: it was not the end
-                        raise outside(stop_line, "*")
-                    if not allowed.issuperset(line):
-                        bad = set(line) - allowed
-                        if bad - {"*"} or line.index("*") != len(line) - 1:
-                            raise outside(number, bad)
-                        stop_line = number
-                    chunks.append(line)
+                            f"{path}: line {number}: binary content, not a FASTA file"
+                        ) from None
+                    raise outside(number, set(_header_text(raw)) - allowed) from None
+                if not ids:
+                    raise InputError(
+                        f"{path}: line {number}: not FASTA: text before the first '>' header"
+                    )
+                if stop_line:  # a '*' ended the line before: it was not the end
+                    raise outside(stop_line, "*")
+                if not allowed.issuperset(line):
+                    bad = set(line) - allowed
+                    if bad - {"*"} or line.index("*") != len(line) - 1:
+                        raise outside(number, bad)
+                    stop_line = number
+                chunks.append(line)
         if ids:
             finish()
+    except CorruptInput as error:
+        raise InputError(f"{path}: {error}") from None
     except OSError as error:
-        raise InputError(f"{path}: cannot read: {error.strerror}") from None
+        raise InputError(f"{path}: cannot read: {error.strerror or error}") from None
     return FastaRecords(ids, sequences)

@@ -1,3 +1,8 @@
+import dataclasses
+import gzip
+import subprocess
+import zlib
+
 import pytest
 
 from seqembed.compute.backends.esm import PROTEIN_ALPHABET
@@ -42,8 +47,8 @@ def test_bad_input_names_file_and_line(tmp_path, content, message):
 
 
 def test_binary_and_unreadable_files(tmp_path):
-    binary = tmp_path / "reads.fasta.gz"
-    binary.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe")
+    binary = tmp_path / "reads.fasta"
+    binary.write_bytes(b"\x00\x01\x02\xff\xfe")
     with pytest.raises(InputError, match="binary content, not a FASTA file"):
         read_fasta(binary, PROTEIN_ALPHABET)
     with pytest.raises(InputError, match="cannot read"):
@@ -74,3 +79,73 @@ def test_byte_order_mark_and_latin1_headers_are_read(tmp_path):
     assert records.ids == ["r1", "r\xe92"]
     assert records.sequences == ["MKV", "LLA"]
     assert fasta_stats(path).sequences == 2
+
+
+RECORDS = ">r1 x\nMKV\nLLA\n\n>r2\nACDE*\n" + "".join(
+    f">s{i}\n{'ACDEFGHIKLMNPQRSTVWY' * (i % 7 + 1)}\n" for i in range(5000)
+)
+
+
+def test_gzip_and_bgzip_style_files_read_like_plain_ones(tmp_path):
+    plain = tmp_path / "reads.faa"
+    plain.write_text(RECORDS)
+    whole = tmp_path / "whole.faa.gz"
+    whole.write_bytes(gzip.compress(RECORDS.encode()))
+    # bgzip writes many gzip members, each a block of at most 64 KiB; the standard gzip tool
+    # on concatenated files does the same: cut mid-line and mid-record on purpose
+    members = tmp_path / "members.faa.gz"
+    data = RECORDS.encode()
+    members.write_bytes(
+        b"".join(gzip.compress(data[i : i + 7001]) for i in range(0, len(data), 7001))
+    )
+    # a compressed file without the suffix is told by its content
+    unnamed = tmp_path / "unnamed.faa"
+    unnamed.write_bytes(gzip.compress(RECORDS.encode()))
+    expected = read_fasta(plain, PROTEIN_ALPHABET)
+    assert len(expected.ids) == 5002
+    for path in (whole, members, unnamed):
+        assert read_fasta(path, PROTEIN_ALPHABET) == expected
+        stats = fasta_stats(path)
+        assert stats == dataclasses.replace(fasta_stats(plain), bytes=path.stat().st_size)
+
+
+def test_gzip_tool_output_is_read(tmp_path):
+    path = tmp_path / "reads.fa"
+    path.write_text(RECORDS)
+    subprocess.run(["gzip", "-k", str(path)], check=True)
+    assert read_fasta(f"{path}.gz", PROTEIN_ALPHABET) == read_fasta(path, PROTEIN_ALPHABET)
+
+
+def corrupted(data: bytes) -> bytes:
+    damaged = bytearray(data)
+    damaged[len(damaged) // 2 : len(damaged) // 2 + 64] = bytes(64)
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda data: gzip.compress(data)[:-5000], "corrupt gzip: truncated"),
+        (lambda data: corrupted(gzip.compress(data)), "corrupt gzip: "),
+        # the checksum at the end does not match
+        (lambda data: gzip.compress(data)[:-8] + bytes(4) + gzip.compress(data)[-4:], "CRC"),
+        (lambda data: b"BZh91AY&SY" + bytes(20), "compressed with bzip2: only gzip is read"),
+        (lambda data: b"\xfd7zXZ\x00" + bytes(20), "compressed with xz"),
+    ],
+)
+def test_corrupt_or_foreign_compression_is_an_input_error(tmp_path, make, message):
+    path = tmp_path / "reads.faa.gz"
+    path.write_bytes(make(RECORDS.encode()))
+    with pytest.raises(InputError, match=message) as error:
+        read_fasta(path, PROTEIN_ALPHABET)
+    assert str(error.value).startswith(f"{path}: ")
+    assert "\n" not in str(error.value)
+    fasta_stats(path)  # the plan is lenient: it counts what it can read
+
+
+def test_compressed_levels_and_zlib_streams_agree(tmp_path):
+    # gzip written by other libraries (zlib's wbits=31), at the fastest level
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+    path = tmp_path / "fast.fa.gz"
+    path.write_bytes(compressor.compress(RECORDS.encode()) + compressor.flush())
+    assert read_fasta(path, PROTEIN_ALPHABET).ids[-1] == "s4999"

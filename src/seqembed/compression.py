@@ -1,0 +1,81 @@
+"""Input files as lines of bytes, plain or gzip-compressed (bgzip's multi-member files too).
+
+The compression is told by the file's first bytes, not its name: a `.gz` that was
+decompressed in place and a compressed file without the suffix both read right.
+python-isal decompresses 2.7x faster than the standard library's zlib and makes the plan's
+pass over compressed files 1.6x faster (docs/benchmarks.md); the standard library's gzip is the
+fallback where isal is not installed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from collections.abc import Iterator
+from typing import IO
+
+try:
+    from isal import igzip as _gzip
+    from isal.igzip_lib import IsalError
+except ImportError:  # pragma: no cover - the pinned environment has isal
+    _gzip = gzip
+    IsalError = zlib.error
+
+__all__ = ["CorruptInput", "GZIP_MAGIC", "compression_of", "lines", "open_input"]
+
+GZIP_MAGIC = b"\x1f\x8b"
+#: other formats users meet, named in the error rather than read as binary garbage
+OTHER_FORMATS = {
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"PK\x03\x04": "zip",
+}
+#: bytes decompressed per read: large enough that the per-line work dominates
+CHUNK = 1 << 20
+
+
+class CorruptInput(Exception):
+    """The file cannot be decompressed (truncated, corrupt, or a format that is not gzip)."""
+
+
+def compression_of(path: str | os.PathLike) -> str | None:
+    """ "gzip", another format's name, or None for a plain file."""
+    with open(path, "rb") as handle:
+        start = handle.read(6)
+    if start.startswith(GZIP_MAGIC):
+        return "gzip"
+    for magic, name in OTHER_FORMATS.items():
+        if start.startswith(magic):
+            return name
+    return None
+
+
+def open_input(path: str | os.PathLike) -> IO[bytes]:
+    """A binary stream of the file's content, decompressed if it is gzip."""
+    compression = compression_of(path)
+    if compression == "gzip":
+        return _gzip.open(path, "rb")
+    if compression is not None:
+        raise CorruptInput(f"compressed with {compression}: only gzip is read; recompress it")
+    return open(path, "rb")
+
+
+def lines(path: str | os.PathLike) -> Iterator[bytes]:
+    """The file's lines without their newline. Read in large chunks and split in C: reading a
+    gzip stream line by line costs more than decompressing it."""
+    try:
+        with open_input(path) as stream:
+            carry = b""
+            while chunk := stream.read(CHUNK):
+                split = (carry + chunk).split(b"\n")
+                carry = split.pop()
+                yield from split
+            if carry:
+                yield carry
+    except (EOFError, zlib.error, IsalError, gzip.BadGzipFile) as error:
+        reason = str(error) or type(error).__name__
+        if isinstance(error, EOFError):
+            reason = "truncated: the compressed data ends early"
+        raise CorruptInput(f"corrupt gzip: {reason}") from None
