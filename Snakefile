@@ -45,7 +45,7 @@ for path, reason in UNUSABLE.items():
     print(f"seqembed: warning: skipped input {path}: {reason}", file=sys.stderr)
 view.configure(config["verbosity"])
 
-LAYOUT = RunLayout(config["output_dir"])
+LAYOUT = RunLayout(config["output_dir"], config["output_format"])
 
 
 # The embeddings are targets themselves, not only inputs of the summary: Snakemake does not

@@ -5,7 +5,7 @@ from seqembed.job.embed import EmbedJob
 from seqembed.layout import RunLayout
 
 snakemake = snakemake  # noqa: F821 - provided by Snakemake
-layout = RunLayout(snakemake.config["output_dir"])
+layout = RunLayout(snakemake.config["output_dir"], snakemake.config["output_format"])
 run_or_record_failure(
     EmbedJob(
         name=snakemake.wildcards.name,

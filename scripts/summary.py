@@ -6,7 +6,7 @@ from seqembed.report.summary import render_table, report_run
 
 snakemake = snakemake  # noqa: F821 - provided by Snakemake
 summary = report_run(
-    RunLayout(snakemake.config["output_dir"]),
+    RunLayout(snakemake.config["output_dir"], snakemake.config["output_format"]),
     dict(snakemake.params.files),
     unusable=dict(snakemake.params.unusable),
 )

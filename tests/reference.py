@@ -1,6 +1,7 @@
 """The yardstick: fair-esm's plain forward pass, one sequence at a time, no batching, no
-padding, fair-esm's own batch converter and truncation, mean over residue positions as in
-fair-esm's extract script (`representations[layer][0, 1 : length + 1].mean(0)`)."""
+padding, fair-esm's own batch converter and truncation, and what fair-esm's extract script
+takes from it: the mean over residue positions (`representations[layer][0, 1 : length + 1]
+.mean(0)`), the per-residue rows (`[0, 1 : length + 1]`) and the BOS token (`[0, 0]`)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,27 @@ import esm
 import torch
 
 
-def reference_embeddings(model_path, sequences: list[str], layers: list[int], truncation: int):
+def reference_outputs(model_path, sequences: list[str], layers: list[int], truncation: int):
+    """kind (mean, bos: [N, D]; per_tok: a list of [L_i, D]) -> layer -> values."""
     torch.serialization.add_safe_globals([argparse.Namespace])
     network, alphabet = esm.pretrained.load_model_and_alphabet_local(str(model_path))
     network.eval()
     converter = alphabet.get_batch_converter(truncation_seq_length=truncation)
-    rows = {layer: [] for layer in layers}
+    rows = {kind: {layer: [] for layer in layers} for kind in ("mean", "bos", "per_tok")}
     with torch.no_grad():
         for sequence in sequences:
             _, _, tokens = converter([("x", sequence)])
             out = network(tokens, repr_layers=layers)
             length = min(len(sequence), truncation)
             for layer in layers:
-                rows[layer].append(out["representations"][layer][0, 1 : length + 1].mean(0))
-    return {layer: torch.stack(vectors) for layer, vectors in rows.items()}
+                representation = out["representations"][layer][0]
+                rows["per_tok"][layer].append(representation[1 : length + 1])
+                rows["mean"][layer].append(representation[1 : length + 1].mean(0))
+                rows["bos"][layer].append(representation[0])
+    for kind in ("mean", "bos"):
+        rows[kind] = {layer: torch.stack(vectors) for layer, vectors in rows[kind].items()}
+    return rows
+
+
+def reference_embeddings(model_path, sequences: list[str], layers: list[int], truncation: int):
+    return reference_outputs(model_path, sequences, layers, truncation)["mean"]

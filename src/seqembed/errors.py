@@ -72,6 +72,14 @@ class OutputError(SeqembedError):
     error_type = "OutputError"
 
 
+class OutputTooLarge(SeqembedError):
+    """Per-residue output too large to build in memory for a .pt file; h5 streams it."""
+
+    error_type = "OutputTooLarge"
+    counts_towards_abort = False
+    deterministic = True
+
+
 class Crash(SeqembedError):
     """The attempt ended without a result: the job or its worker was killed, segfaulted, or
     its node was lost."""

@@ -22,6 +22,8 @@ step never applies stale ones. Keys:
   test sees jobs halfway through their files;
 - "gpu_computes_on_cpu": true - a job that claimed a GPU (granted by a real SLURM test
   cluster with fake GPUs) computes on the CPU: everything up to the CUDA context is real;
+- "pt_limit_bytes": N - per-residue output a .pt file may hold is N bytes instead of 4 GiB,
+  so a test sees the refusal without gigabytes;
 - "files": {NAME: {...}} - the keys above for the file NAME only, over the general ones.
 """
 
@@ -96,3 +98,7 @@ def maybe_slow_batch(name: str | None = None) -> None:
 
 def gpu_computes_on_cpu() -> bool:
     return bool(_faults().get("gpu_computes_on_cpu"))
+
+
+def pt_limit(default: int, name: str | None = None) -> int:
+    return int(_faults(name).get("pt_limit_bytes", default))

@@ -9,6 +9,8 @@ from pathlib import Path
 @dataclass(frozen=True)
 class RunLayout:
     output_dir: str
+    #: the embeddings' file extension: pt or h5 (config key output_format)
+    output_format: str = "pt"
 
     def _path(self, *parts: str) -> str:
         return str(Path(self.output_dir, *parts))
@@ -48,7 +50,7 @@ class RunLayout:
         return self._path(".seqembed", "run")
 
     def embedding(self, name: str) -> str:
-        return self._path("embeddings", f"{name}.pt")
+        return self._path("embeddings", f"{name}.{self.output_format}")
 
     def record(self, name: str) -> str:
         return self._path("records", f"{name}.json")

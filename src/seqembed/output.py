@@ -24,25 +24,43 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()
 
 
-def write_temporary(
-    path: str | os.PathLike, write: Callable[[IO[bytes]], None], durable: bool = True
-) -> Path:
-    """Write a hidden temporary file in `path`'s folder and flush it to disk (unless not
-    `durable`: the file is worth nothing after a crash); returns its path, for `commit`."""
+def temporary_path(path: str | os.PathLike) -> Path:
+    """A new empty hidden file in `path`'s folder, named so that stale_temporaries finds it
+    if its writer is killed, readable like the final file will be."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(handle, FILE_MODE)
-        with os.fdopen(handle, "wb") as stream:
+    finally:
+        os.close(handle)
+    return Path(temporary)
+
+
+def flush_to_disk(path: str | os.PathLike) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def write_temporary(
+    path: str | os.PathLike, write: Callable[[IO[bytes]], None], durable: bool = True
+) -> Path:
+    """Write a hidden temporary file in `path`'s folder and flush it to disk (unless not
+    `durable`: the file is worth nothing after a crash); returns its path, for `commit`."""
+    temporary = temporary_path(path)
+    try:
+        with open(temporary, "wb") as stream:
             write(stream)
             stream.flush()
             if durable:
                 os.fsync(stream.fileno())
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
-    return Path(temporary)
+    return temporary
 
 
 def commit(temporary: str | os.PathLike, path: str | os.PathLike) -> None:
@@ -80,26 +98,3 @@ def write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None
 
 def write_json(path: str | os.PathLike, data: Any, durable: bool = True) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", durable)
-
-
-def embedding_payload(
-    layout: str,
-    ids: list[str],
-    pooled: dict,
-    *,
-    model: str,
-    truncation: int,
-) -> dict:
-    """default: fair-esm's names (`mean_representations`: layer -> [n, dim]); virnucpro: what the
-    VirNucPro classifier reads, one tensor per protein of the (single) requested layer."""
-    if layout == "virnucpro":
-        if len(pooled) != 1:
-            raise ValueError("output_layout virnucpro holds one layer; request exactly one")
-        (matrix,) = pooled.values()
-        return {"proteins": list(ids), "data": list(matrix.unbind(0))}
-    return {
-        "ids": list(ids),
-        "mean_representations": dict(pooled),
-        "model": model,
-        "truncation": truncation,
-    }

@@ -41,6 +41,12 @@ def test_layers_in_every_form_the_command_line_produces(given, expected):
         ({"toks_per_batch": -5}, "config key 'toks_per_batch'"),
         ({"gpu": 2}, "'gpu' was unexpected"),
         ({"output_layout": "virnucpro", "layers": [30, 33]}, "virnucpro holds exactly one layer"),
+        ({"output_layout": "virnucpro", "include": ["mean", "bos"]}, "mean embeddings only"),
+        ({"output_layout": "virnucpro", "output_format": "h5"}, "virnucpro is a float32 .pt"),
+        ({"include": ["mean", "residues"]}, "config key 'include.1': 'residues' is not one of"),
+        ({"include": []}, "config key 'include'"),
+        ({"store_float16": ["per_tok"]}, "'store_float16': per_tok is not in 'include' (mean)"),
+        ({"output_format": "hdf5"}, "config key 'output_format'"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(given, message):
@@ -62,6 +68,39 @@ def test_inputs_by_glob_or_list_and_colliding_stems(tmp_path: Path):
 
     listed = validate_config({"input_files": [str(tmp_path / "b.fasta")]}, SCHEMA)
     assert input_files(listed) == {"b": str(tmp_path / "b.fasta")}
+
+
+def test_compressed_inputs_are_found_and_named_without_both_extensions(tmp_path: Path):
+    for name in ["a.faa.gz", "b.fasta", "c.fna.gz", "d.fa.gz", "e.fasta.gz", "f.txt.gz"]:
+        (tmp_path / name).write_text(">x\nM\n")
+    config = validate_config({"input_dir": str(tmp_path)}, SCHEMA)
+    assert input_files(config) == {
+        name: str(tmp_path / file)
+        for name, file in [
+            ("a", "a.faa.gz"),
+            ("b", "b.fasta"),
+            ("c", "c.fna.gz"),
+            ("d", "d.fa.gz"),
+            ("e", "e.fasta.gz"),
+        ]
+    }
+    (tmp_path / "a.faa").write_text(">x\nM\n")
+    h5 = validate_config({"input_dir": str(tmp_path), "output_format": "h5"}, SCHEMA)
+    with pytest.raises(ConfigError, match="would both write embeddings/a.h5"):
+        input_files(h5)
+    # one pattern as a string, or several from the command line
+    only = validate_config({"input_dir": str(tmp_path), "input_glob": "*.gz"}, SCHEMA)
+    assert sorted(input_files(only)) == ["a", "c", "d", "e", "f"]
+    several = validate_config({"input_dir": str(tmp_path), "input_glob": "*.faa,*.fna.gz"}, SCHEMA)
+    assert input_files(several) == {"a": str(tmp_path / "a.faa"), "c": str(tmp_path / "c.fna.gz")}
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("mean,per_tok", ["mean", "per_tok"]), (["bos"], ["bos"]), ("per_tok", ["per_tok"])],
+)
+def test_include_in_every_form_the_command_line_produces(given, expected):
+    assert validate_config({"include": given}, SCHEMA)["include"] == expected
 
 
 def test_the_snakemake_process_side_never_imports_torch():

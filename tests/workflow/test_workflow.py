@@ -181,7 +181,15 @@ def test_settings_that_cannot_change_numbers_rerun_nothing(run_copy, setting):
 
 
 @pytest.mark.parametrize(
-    "setting", ["truncation=100", "layers=[1]", "precision=bf16", "output_layout=virnucpro"]
+    "setting",
+    [
+        "truncation=100",
+        "layers=[1]",
+        "precision=bf16",
+        "output_layout=virnucpro",
+        "include=[mean,bos]",
+        "output_format=h5",
+    ],
 )
 def test_settings_that_change_numbers_rerun_every_file(run_copy, setting):
     assert jobs_to_run(run_copy, "--config", setting)["embed"] == NAMES

@@ -15,13 +15,16 @@ ON_GPU = config["device"] == "cuda" or (
 # value is what makes an embedding stale, not the word "auto"
 PRECISION = resolve_precision(config["precision"], "cuda" if ON_GPU else "cpu")
 # exactly the settings that change the numbers: editing one reruns every file (they are the
-# embed rule's params); gpus, toks_per_batch, worker and verbosity never make a file stale
+# embed rule's params, output_format also names the file); gpus, toks_per_batch, worker and verbosity never make a file stale
 OUTPUT_SETTINGS = {
     "model": config["model"],
     "layers": config["layers"],
     "truncation": config["truncation"],
     "precision": PRECISION,
     "output_layout": config["output_layout"],
+    "include": config["include"],
+    "output_format": config["output_format"],
+    "store_float16": config["store_float16"],
 }
 
 

@@ -8,6 +8,8 @@ that does not fit alone fails the file.
 Feeding a GPU: the next batch's tokens are built (and pinned) in a second thread while the
 device computes the current one, copied without blocking, and the pooled vectors stay on the
 device until the file is done, so the host and the device meet once per batch, not per layer.
+Per-residue rows are the exception: they are too many to keep, and go to the host (and on to
+the output file) batch by batch.
 """
 
 from __future__ import annotations
@@ -30,9 +32,14 @@ DEVICE_GATHER_BYTES = 1 << 30
 DEVICE_FAILURE_WORDS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error")
 
 
+#: a batch's per-residue rows on the host: for each row the input positions it stands for
+#: (copies of one sequence included), its residue count, and layer -> [rows, longest, dim]
+ResidueSink = Callable[[list[list[int]], list[int], dict], None]
+
+
 @dataclass
 class EmbedResult:
-    pooled: dict  # layer -> float32 tensor [n_sequences, dim] on the CPU, input order
+    pooled: dict  # kind (mean, bos) -> layer -> float32 [n_sequences, dim] on the CPU, in order
     batches: int  # batches that completed
     computed_tokens: int  # padded tokens of the batches that completed
     oom_backoffs: int
@@ -112,16 +119,27 @@ def embed_all(
     advanced: Callable[[int], None] = lambda sequences_done: None,
     check_stop: Callable[[], None] = lambda: None,
     name: str | None = None,
+    include=("mean",),
+    residues: ResidueSink | None = None,
+    residue_dtype=None,
 ) -> EmbedResult:
     """`progress` gets a line per batch (verbose output); `advanced` the sequences of the
     file done so far, copies of identical sequences included; `check_stop` is called after
-    every batch and raises to stop the file (the run was aborted, the job is gone)."""
+    every batch and raises to stop the file (the run was aborted, the job is gone).
+    `include` as fair-esm names it (mean, bos, per_tok); per_tok rows go to `residues` as
+    `residue_dtype` (float32 by default), converted on the device before the copy."""
     import torch
 
     lengths = [len(sequence) for sequence in records.sequences]
     tokens_of = [min(n, truncation) + backend.extra_tokens for n in lengths]
     unique, source = first_occurrences(records.sequences, truncation)
     copies = Counter(source)
+    positions_of: dict[int, list[int]] = {}
+    if "per_tok" in include:
+        for position, first in enumerate(source):
+            positions_of.setdefault(first, []).append(position)
+    residue_dtype = residue_dtype or torch.float32
+    kinds = [kind for kind in ("mean", "bos") if kind in include]
     sequences_done = 0
 
     def batches_of(indices: list[int], limit: Callable[[int], int]) -> list[Batch]:
@@ -134,11 +152,14 @@ def embed_all(
         return [Batch([indices[i] for i in b.indices], b.padded_length) for b in local]
 
     device = getattr(backend, "device", torch.device("cpu"))
-    on_device = len(lengths) * backend.embed_dim * 4 * len(layers) <= DEVICE_GATHER_BYTES
-    gather_device = device if on_device else torch.device("cpu")
+    gathered_bytes = len(lengths) * backend.embed_dim * 4 * len(layers) * len(kinds)
+    gather_device = device if gathered_bytes <= DEVICE_GATHER_BYTES else torch.device("cpu")
     pooled = {
-        layer: torch.zeros(len(lengths), backend.embed_dim, device=gather_device)
-        for layer in layers
+        kind: {
+            layer: torch.zeros(len(lengths), backend.embed_dim, device=gather_device)
+            for layer in layers
+        }
+        for kind in kinds
     }
     result = EmbedResult(
         pooled,
@@ -164,7 +185,13 @@ def embed_all(
             try:
                 faults.maybe_raise_oom(batch.computed_tokens, name)
                 faults.maybe_raise_device_error(name)
-                embedded = backend.forward(prepared, layers)
+                embedded = backend.forward(prepared, layers, include)
+                if "per_tok" in include:
+                    # on the host inside the back-off: the conversion can run out of memory
+                    embedded["per_tok"] = {
+                        layer: values.to(residue_dtype).cpu()
+                        for layer, values in embedded["per_tok"].items()
+                    }
                 faults.maybe_slow_batch(name)
             except Exception as error:
                 if not is_out_of_memory(error):
@@ -199,8 +226,18 @@ def embed_all(
                 )
                 continue
             index = torch.tensor(batch.indices, device=gather_device)
-            for layer in layers:
-                pooled[layer].index_copy_(0, index, embedded[layer].to(gather_device))
+            for kind in kinds:
+                for layer in layers:
+                    pooled[kind][layer].index_copy_(
+                        0, index, embedded[kind][layer].to(gather_device)
+                    )
+            if "per_tok" in include and residues is not None:
+                residues(
+                    [positions_of[i] for i in batch.indices],
+                    [min(lengths[i], truncation) for i in batch.indices],
+                    embedded["per_tok"],
+                )
+            del embedded
             result.batches += 1
             result.computed_tokens += batch.computed_tokens
             sequences_done += sum(copies[i] for i in batch.indices)
@@ -213,9 +250,10 @@ def embed_all(
     finally:
         if upcoming is not None:
             upcoming.cancel()
-    for layer in layers:
-        values = pooled[layer].cpu()  # one copy back per file
-        if len(unique) < len(lengths):
-            values = values[torch.tensor(source)]
-        pooled[layer] = values
+    for by_layer in pooled.values():
+        for layer in layers:
+            values = by_layer[layer].cpu()  # one copy back per file
+            if len(unique) < len(lengths):
+                values = values[torch.tensor(source)]
+            by_layer[layer] = values
     return result

@@ -11,9 +11,9 @@ from pathlib import Path
 from seqembed import runstate
 from seqembed.compute.batch_loop import embed_all
 from seqembed.compute.batching import CPU_TOKS_PER_BATCH, fixed_budget, memory_budget
+from seqembed.compute.writers import open_writer
 from seqembed.errors import Aborted
 from seqembed.fasta import FastaRecords
-from seqembed.output import embedding_payload, output_error, write_temporary
 
 #: seconds between two progress messages to the job (it rewrites its progress file at most
 #: every 0.5 s; a GPU finishes many batches a second)
@@ -66,13 +66,20 @@ def embed_file(
     check_stop: Callable[[], None] = lambda: None,
     fits: dict | None = None,
 ) -> dict:
-    """`request`: name, ids, sequences, output (the final path), layers, toks_per_batch,
-    truncation, output_layout. Returns the figures of the file and the temporary output."""
-    import torch
-
+    """`request`: name, source (the input file), ids, sequences, output (the final path),
+    layers, toks_per_batch, truncation, output_layout, include, output_format, store_float16.
+    Returns the figures of the file and the temporary output."""
     records = FastaRecords(request["ids"], request["sequences"])
     layers = backend.resolve_layers(request["layers"])
-    budget = batch_budget(request["toks_per_batch"], backend, layers, fits)
+    precision = str(backend.dtype).removeprefix("torch.")
+    meta = {
+        "model": backend.name,
+        "truncation": request["truncation"],
+        "precision": precision,
+        "source": request.get("source", request["name"]),
+    }
+    include = request.get("include", ["mean"])
+    writer = open_writer(request, layers, backend.embed_dim, meta)
     last_progress = [0.0]
 
     def advanced(done: int) -> None:
@@ -82,34 +89,32 @@ def embed_file(
             emit({"event": "progress", "done": done})
 
     started = time.time()
-    result = embed_all(
-        backend,
-        records,
-        layers,
-        budget,
-        truncation=request["truncation"],
-        progress=lambda message: emit({"event": "log", "message": message}),
-        advanced=advanced,
-        check_stop=check_stop,
-        name=request["name"],
-    )
-    compute_seconds = time.time() - started
-    payload = embedding_payload(
-        request["output_layout"],
-        records.ids,
-        result.pooled,
-        model=backend.name,
-        truncation=request["truncation"],
-    )
     try:
-        temporary = write_temporary(request["output"], lambda stream: torch.save(payload, stream))
-    except OSError as error:
-        raise output_error(request["output"], error) from None
+        budget = batch_budget(request["toks_per_batch"], backend, layers, fits)
+        result = embed_all(
+            backend,
+            records,
+            layers,
+            budget,
+            truncation=request["truncation"],
+            progress=lambda message: emit({"event": "log", "message": message}),
+            advanced=advanced,
+            check_stop=check_stop,
+            name=request["name"],
+            include=include,
+            residues=writer.residues,
+            residue_dtype=writer.residue_dtype,
+        )
+        compute_seconds = time.time() - started
+        temporary = writer.finish(result.pooled)
+    except BaseException:
+        writer.discard()
+        raise
     return {
         "temporary": str(Path(temporary)),
         "model": backend.name,
         "layers": layers,
-        "precision": str(backend.dtype).removeprefix("torch."),
+        "precision": precision,
         "unique_sequences": result.unique_sequences,
         "real_tokens": result.real_tokens,
         "computed_tokens": result.computed_tokens,

@@ -164,6 +164,10 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
             "toks_per_batch": config["toks_per_batch"],
             "truncation": config["truncation"],
             "output_layout": config["output_layout"],
+            "include": config["include"],
+            "output_format": config["output_format"],
+            "store_float16": config["store_float16"],
+            "source": job.fasta,
             "state_dir": job.state_dir,
             "faults": faults.text(),
         }

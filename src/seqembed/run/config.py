@@ -53,6 +53,10 @@ def validate_config(config: dict, schema_path: str | os.PathLike) -> dict:
     checked = {key: spec["default"] for key, spec in schema["properties"].items()}
     checked.update(config)
     checked["layers"] = _normalize_layers(checked["layers"])
+    for key in ("include", "store_float16", "input_glob"):
+        # `--config include=mean,per_tok` arrives as a string
+        if isinstance(checked[key], str) and (key != "input_glob" or "," in checked[key]):
+            checked[key] = [part.strip() for part in checked[key].split(",") if part.strip()]
     error = jsonschema.exceptions.best_match(
         jsonschema.Draft202012Validator(schema).iter_errors(checked)
     )
@@ -64,11 +68,32 @@ def validate_config(config: dict, schema_path: str | os.PathLike) -> dict:
         hint = schema["properties"].get(str(error.absolute_path[0]), {}).get("description", "")
         raise ConfigError(f"config key '{key}': {error.message}" + (f" ({hint})" if hint else ""))
     checked["gpus"] = _normalize_gpus(checked["gpus"])
-    if checked["output_layout"] == "virnucpro" and (
-        isinstance(checked["layers"], list) and len(set(checked["layers"])) != 1
-    ):
-        raise ConfigError("config key 'layers': output_layout virnucpro holds exactly one layer")
+    _check_virnucpro(checked)
+    unasked = sorted(set(checked["store_float16"]) - set(checked["include"]))
+    if unasked:
+        raise ConfigError(
+            f"config key 'store_float16': {', '.join(unasked)} is not in 'include' "
+            f"({', '.join(checked['include'])})"
+        )
     return checked
+
+
+def _check_virnucpro(checked: dict) -> None:
+    """VirNucPro's reader takes one layer's mean vectors from a .pt, nothing else."""
+    if checked["output_layout"] != "virnucpro":
+        return
+    if isinstance(checked["layers"], list) and len(set(checked["layers"])) != 1:
+        raise ConfigError("config key 'layers': output_layout virnucpro holds exactly one layer")
+    if checked["include"] != ["mean"]:
+        raise ConfigError(
+            "config key 'include': output_layout virnucpro holds mean embeddings only; "
+            "use output_layout default for per_tok or bos"
+        )
+    if checked["output_format"] != "pt" or checked["store_float16"]:
+        raise ConfigError(
+            "config key 'output_format': output_layout virnucpro is a float32 .pt file; "
+            "use output_layout default for h5 or float16"
+        )
 
 
 def check_writable(output_dir: str) -> None:
@@ -85,33 +110,58 @@ def check_writable(output_dir: str) -> None:
         ) from None
 
 
+def output_name(path: str | os.PathLike) -> str:
+    """The file name without its extension, and without both for a compressed file:
+    sample.faa.gz and sample.faa are both `sample`."""
+    name = Path(path).name
+    if name.lower().endswith(".gz"):
+        name = name[:-3]
+    return Path(name).stem or name
+
+
+def _globbed(config: dict) -> list[str]:
+    """Every path the patterns match (files or not), each once, in order."""
+    patterns = config["input_glob"]
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    matched = {
+        path: None
+        for pattern in patterns
+        for path in glob.glob(
+            os.path.join(glob.escape(config["input_dir"]), pattern), recursive=True
+        )
+    }
+    return sorted(matched)
+
+
 def input_files(config: dict) -> dict[str, str]:
-    """Output name (the file's stem) -> input path, sorted by name. No input at all, a listed
-    file that does not exist, a name Snakemake would read as a wildcard, and two inputs with
-    one stem (one output file) are errors naming the files."""
+    """Output name -> input path, sorted by name. No input at all, a listed file that does not
+    exist, a name Snakemake would read as a wildcard, and two inputs with one name (one output
+    file) are errors naming the files."""
     if config["input_files"]:
         paths = list(config["input_files"])
         missing = [path for path in paths if not os.path.isfile(path)]
         if missing:
             raise ConfigError(f"config key 'input_files': not found: {', '.join(missing)}")
     else:
-        pattern = os.path.join(glob.escape(config["input_dir"]), config["input_glob"])
-        paths = sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
+        paths = [path for path in _globbed(config) if os.path.isfile(path)]
         if not paths:
             unusable = "; ".join(f"{p}: {why}" for p, why in unusable_inputs(config).items())
             raise ConfigError(
-                f"config keys 'input_dir'/'input_glob': no input files match {pattern}"
+                f"config keys 'input_dir'/'input_glob': no input files match "
+                f"{config['input_glob']} in {config['input_dir']}"
                 + (f" (only {unusable})" if unusable else "")
             )
     files: dict[str, str] = {}
+    extension = config.get("output_format", "pt")
     for path in paths:
-        name = Path(path).stem
+        name = output_name(path)
         if "{" in path or "}" in path:
             raise ConfigError(f"input '{path}': braces are reserved by Snakemake: rename it")
         if name in files and files[name] != path:
             raise ConfigError(
-                f"inputs '{files[name]}' and '{path}' would both write embeddings/{name}.pt: "
-                "rename one"
+                f"inputs '{files[name]}' and '{path}' would both write "
+                f"embeddings/{name}.{extension}: rename one"
             )
         files[name] = path
     return dict(sorted(files.items()))
@@ -123,9 +173,8 @@ def unusable_inputs(config: dict) -> dict[str, str]:
     them without a word."""
     if config["input_files"]:
         return {}
-    pattern = os.path.join(glob.escape(config["input_dir"]), config["input_glob"])
     unusable = {}
-    for path in sorted(glob.glob(pattern, recursive=True)):
+    for path in _globbed(config):
         if os.path.isfile(path):
             continue
         if os.path.islink(path):

@@ -208,22 +208,39 @@ class EsmBackend:
         return tokens, lengths
 
     @torch.inference_mode()
-    def forward(self, prepared, layers: list[int]) -> dict[int, torch.Tensor]:
+    def forward(
+        self, prepared, layers: list[int], include=("mean",)
+    ) -> dict[str, dict[int, torch.Tensor]]:
+        """kind -> layer -> values, as fair-esm's extraction names the kinds: `mean` over the
+        residues and `bos` (position 0), float32 [B, D]; `per_tok`, positions 1..L of each
+        row, [B, longest L, D] in the model's precision (rows past a sequence's end are
+        padding; the caller cuts them)."""
         tokens, lengths = prepared
         tokens = tokens.to(self.device, non_blocking=True)
         lengths = lengths.to(self.device, non_blocking=True)
         out = self.network(tokens, repr_layers=layers, return_contacts=False)
-        positions = torch.arange(tokens.shape[1], device=self.device)
-        # residues sit at positions 1..length: BOS at 0, EOS and padding after
-        residue_mask = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])
-        weights = residue_mask.to(torch.float32) / lengths.clamp(min=1)[:, None]
-        return {
-            layer: torch.einsum(
-                "bt,btd->bd", weights, out["representations"][layer].to(torch.float32)
-            )
-            for layer in layers
-        }
+        representations = out["representations"]
+        results: dict[str, dict[int, torch.Tensor]] = {}
+        if "mean" in include:
+            positions = torch.arange(tokens.shape[1], device=self.device)
+            # residues sit at positions 1..length: BOS at 0, EOS and padding after
+            residue_mask = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])
+            weights = residue_mask.to(torch.float32) / lengths.clamp(min=1)[:, None]
+            results["mean"] = {
+                layer: torch.einsum("bt,btd->bd", weights, representations[layer].float())
+                for layer in layers
+            }
+        if "bos" in include:
+            results["bos"] = {layer: representations[layer][:, 0].float() for layer in layers}
+        if "per_tok" in include:
+            # tokens are padded to the longest row: BOS, its residues, EOS
+            longest = tokens.shape[1] - self.extra_tokens
+            results["per_tok"] = {
+                layer: representations[layer][:, 1 : longest + 1] for layer in layers
+            }
+        return results
 
     def embed(self, sequences: list[str], layers: list[int]) -> dict[int, torch.Tensor]:
-        pooled = self.forward(self.prepare(sequences), layers)
+        """Mean embeddings of a few sequences, on the CPU (tests and benchmarks)."""
+        pooled = self.forward(self.prepare(sequences), layers)["mean"]
         return {layer: values.cpu() for layer, values in pooled.items()}
