@@ -7,9 +7,10 @@ fair-esm publishes the large ones) and a corpus of translated-read-like sequence
 reports per model: load seconds (seqembed's loader, and fair-esm's for 650M), tokens/s in
 bf16 through seqembed's batching and fused attention, model FLOP utilisation (MFU) against a
 bf16 matmul peak measured on the same GPU, and fp32 tokens/s the way fair-esm's extraction
-runs (4,096-token batches, its own attention). `--smoke` runs the same code on tiny shapes,
-on the CPU, in seconds: the test suite does that so the script is known to work before a GPU
-is ever lent.
+runs (4,096-token batches, its own attention); for 650M also what per-residue output costs
+(rows copied to the host per batch and written to HDF5). `--smoke` runs the same code on
+tiny shapes, on the CPU, in seconds: the test suite does that so the script is known to work
+before a GPU is ever lent.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch  # noqa: E402
 from seqembed.compute.backends.esm import EsmBackend, load_esm  # noqa: E402
 from seqembed.compute.batch_loop import embed_all  # noqa: E402
 from seqembed.compute.batching import fixed_budget, make_batches  # noqa: E402
-from seqembed.compute.embed_file import batch_budget  # noqa: E402
+from seqembed.compute.embed_file import batch_budget, embed_file  # noqa: E402
 from seqembed.compute.memory import fit_memory, measure_sequence_bytes  # noqa: E402
 from seqembed.demo import random_protein, read_length, save_esm2_checkpoint  # noqa: E402
 from seqembed.fasta import FastaRecords  # noqa: E402
@@ -213,6 +214,38 @@ def end_to_end(path: Path, inputs: Path, out: Path, device: str) -> dict:
     return figures
 
 
+def per_residue_cost(path: Path, records: FastaRecords, device: str, precision: str, out: Path):
+    """Residues/s of one file with mean output only, and with per-residue rows too (copied to
+    the host batch by batch and written into HDF5 as float16): what streaming costs on a GPU."""
+    backend = EsmBackend.load(str(path), device=device, precision=precision, truncation=1022)
+    figures = {}
+    for label, include, output_format in (
+        ("mean", ["mean"], "pt"),
+        ("per_tok_h5_fp16", ["mean", "per_tok"], "h5"),
+    ):
+        request = {
+            "name": "bench",
+            "ids": records.ids,
+            "sequences": records.sequences,
+            "output": str(out / f"per-residue.{output_format}"),
+            "layers": "last",
+            "toks_per_batch": "auto",
+            "truncation": 1022,
+            "output_layout": "default",
+            "include": include,
+            "output_format": output_format,
+            "store_float16": ["per_tok"] if "per_tok" in include else [],
+        }
+        synchronize(device)
+        started = time.time()
+        stats = embed_file(backend, request)
+        synchronize(device)
+        figures[label] = stats["real_tokens"] / (time.time() - started)
+        Path(stats["temporary"]).unlink()
+    figures["ratio"] = figures["per_tok_h5_fp16"] / figures["mean"]
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/gpu-bench"))
@@ -283,6 +316,13 @@ def main() -> None:
             f"vs per file {e2e['per_file']['wall_seconds']:.1f} s "
             f"({e2e['per_file']['models_loaded']} loads): {e2e['speedup']:.2f}x"
         )
+        if smoke or name == "650M":
+            figures["per_residue"] = per_residue_cost(path, records, device, precision, args.out)
+            cost = figures["per_residue"]
+            print(
+                f"{name}: mean only {cost['mean']:,.0f} tokens/s, with per-residue rows to "
+                f"HDF5 (float16) {cost['per_tok_h5_fp16']:,.0f} tokens/s ({cost['ratio']:.2f}x)"
+            )
         report["models"][name] = figures
         print(
             f"{name}: load {load_seconds:.2f} s (fair-esm "

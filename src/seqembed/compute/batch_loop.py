@@ -86,6 +86,21 @@ def device_failure(error: BaseException) -> DeviceError | None:
     return None
 
 
+def forward_batch(backend, prepared, layers: list[int], include=("mean",), residue_dtype=None):
+    """The forward pass as the loop runs it: per-residue rows converted on the device and
+    copied to the host, inside the out-of-memory back-off and inside the memory probes
+    (seqembed.compute.memory), since the conversion allocates on the device too."""
+    import torch
+
+    embedded = backend.forward(prepared, layers, include)
+    if "per_tok" in include:
+        dtype = residue_dtype or torch.float32
+        embedded["per_tok"] = {
+            layer: values.to(dtype).cpu() for layer, values in embedded["per_tok"].items()
+        }
+    return embedded
+
+
 _preparer: ThreadPoolExecutor | None = None
 
 
@@ -138,7 +153,6 @@ def embed_all(
     if "per_tok" in include:
         for position, first in enumerate(source):
             positions_of.setdefault(first, []).append(position)
-    residue_dtype = residue_dtype or torch.float32
     kinds = [kind for kind in ("mean", "bos") if kind in include]
     sequences_done = 0
 
@@ -185,13 +199,7 @@ def embed_all(
             try:
                 faults.maybe_raise_oom(batch.computed_tokens, name)
                 faults.maybe_raise_device_error(name)
-                embedded = backend.forward(prepared, layers, include)
-                if "per_tok" in include:
-                    # on the host inside the back-off: the conversion can run out of memory
-                    embedded["per_tok"] = {
-                        layer: values.to(residue_dtype).cpu()
-                        for layer, values in embedded["per_tok"].items()
-                    }
+                embedded = forward_batch(backend, prepared, layers, include, residue_dtype)
                 faults.maybe_slow_batch(name)
             except Exception as error:
                 if not is_out_of_memory(error):

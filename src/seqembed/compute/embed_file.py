@@ -20,10 +20,11 @@ from seqembed.fasta import FastaRecords
 PROGRESS_INTERVAL = 0.2
 
 
-def batch_budget(toks_per_batch, backend, layers: list[int], fits: dict | None = None):
+def batch_budget(toks_per_batch, backend, layers: list[int], fits: dict | None = None, **outputs):
     """A fixed budget, or with "auto" one sized from the free memory once the model is in and
-    from the memory one sequence was measured to take (seqembed.compute.memory). `fits` keeps
-    the measurement for the worker's later files."""
+    from the memory one sequence was measured to take (seqembed.compute.memory) with these
+    `outputs` (include, residue_dtype). `fits` keeps the measurement for the worker's later
+    files."""
     if toks_per_batch != "auto":
         return fixed_budget(int(toks_per_batch))
     if backend.device.type != "cuda":
@@ -33,9 +34,9 @@ def batch_budget(toks_per_batch, backend, layers: list[int], fits: dict | None =
     from seqembed.compute.memory import fit_memory
 
     fits = {} if fits is None else fits
-    key = len(layers)
+    key = (len(layers), *sorted(outputs.items()))
     if key not in fits:
-        fits[key] = fit_memory(backend, layers)
+        fits[key] = fit_memory(backend, layers, **outputs)
     torch.cuda.empty_cache()
     free_bytes, _ = torch.cuda.mem_get_info(backend.device)
     return memory_budget(free_bytes, fits[key].bytes_per_sequence)
@@ -90,7 +91,14 @@ def embed_file(
 
     started = time.time()
     try:
-        budget = batch_budget(request["toks_per_batch"], backend, layers, fits)
+        budget = batch_budget(
+            request["toks_per_batch"],
+            backend,
+            layers,
+            fits,
+            include=tuple(include),
+            residue_dtype=writer.residue_dtype,
+        )
         result = embed_all(
             backend,
             records,

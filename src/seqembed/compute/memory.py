@@ -74,19 +74,26 @@ def random_batch(backend, sequences: int, tokens: int) -> list[str]:
     return ["".join(rng.choices(letters, k=residues)) for _ in range(sequences)]
 
 
-def measure_sequence_bytes(backend, layers: list[int], tokens: int, sequences: int) -> float:
-    """Measured peak bytes per sequence of a forward batch `sequences` x `tokens`."""
+def measure_sequence_bytes(
+    backend, layers: list[int], tokens: int, sequences: int, **outputs
+) -> float:
+    """Measured peak bytes per sequence of a forward batch `sequences` x `tokens`; `outputs`:
+    include and residue_dtype, as the batch loop passes them."""
+    from seqembed.compute.batch_loop import forward_batch
+
     prepared = backend.prepare(random_batch(backend, sequences, tokens))
-    return peak_bytes(backend.device, lambda: backend.forward(prepared, layers)) / sequences
+    run = lambda: forward_batch(backend, prepared, layers, **outputs)  # noqa: E731
+    return peak_bytes(backend.device, run) / sequences
 
 
-def fit_memory(backend, layers: list[int], lengths=PROBE_LENGTHS) -> MemoryFit:
+def fit_memory(backend, layers: list[int], lengths=PROBE_LENGTHS, **outputs) -> MemoryFit:
     """The per-sequence cost of `backend`'s forward pass, from probes at two lengths (after one
-    warm-up pass: the first call allocates workspaces that stay)."""
+    warm-up pass: the first call allocates workspaces that stay). `outputs`: include and
+    residue_dtype (per-residue rows are converted on the device before they are copied)."""
     backend.forward(backend.prepare(random_batch(backend, 1, lengths[0])), layers)
     short, long = lengths
-    per_short = measure_sequence_bytes(backend, layers, short, PROBE_BATCH)
-    per_long = measure_sequence_bytes(backend, layers, long, PROBE_BATCH)
+    per_short = measure_sequence_bytes(backend, layers, short, PROBE_BATCH, **outputs)
+    per_long = measure_sequence_bytes(backend, layers, long, PROBE_BATCH, **outputs)
     quadratic = max(0.0, (per_long / long - per_short / short) / (long - short))
     linear = max(per_short / short - quadratic * short, 1.0)
     return MemoryFit(linear, quadratic)
