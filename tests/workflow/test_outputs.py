@@ -5,14 +5,25 @@ both formats, float16 storage, and the refusals that keep a night's run from dyi
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import signal
 
 import h5py
 import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import failed_lines, jobs_to_run, snakemake, summary_checked
+from helpers import (
+    failed_lines,
+    jobs_to_run,
+    progress_of,
+    record,
+    snakemake,
+    start_run,
+    summary_checked,
+    wait_for,
+)
 from reference import reference_outputs
 
 from seqembed.compute.backends.esm import PROTEIN_ALPHABET
@@ -151,3 +162,23 @@ def test_virnucpro_with_per_residue_output_is_a_one_line_config_error(mixed):
         "seqembed: config key 'include': output_layout virnucpro holds mean embeddings only; "
         "use output_layout default for per_tok or bos"
     )
+
+
+def test_a_worker_killed_mid_h5_is_retried_and_leaves_nothing_half_written(mixed, tiny_model):
+    """The worker holds alpha's HDF5 file open, half its rows written, when it is killed."""
+    configure(mixed, include=["mean", "per_tok"], output_format="h5")
+    run = start_run(mixed, {"files": {"alpha": {"seconds_per_batch": 1.0}}})
+    worker = wait_for(lambda: progress_of(mixed, "alpha").get("worker_pid"))
+    wait_for(lambda: progress_of(mixed, "alpha").get("done"))
+    assert len(list((mixed / "results" / "embeddings").glob(".alpha.h5.*.tmp"))) == 1
+    os.kill(worker, signal.SIGKILL)
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, output
+    assert record(mixed, "alpha")["attempt"] == 2
+    assert list((mixed / "results" / "embeddings").glob(".*")) == []
+    ids, expected = expected_of(mixed, tiny_model, "alpha")
+    with h5py.File(mixed / "results" / "embeddings" / "alpha.h5", "r") as file:
+        offsets = file["offsets"][:]
+        for index, want in enumerate(expected["per_tok"][3]):
+            assert close(file["per_tok/3"][offsets[index] : offsets[index + 1]], want)
+        assert close(file["mean/3"][:], expected["mean"][3])
