@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
 
+from seqembed.compute.backends import load_backend  # noqa: E402
 from seqembed.compute.backends.esm import EsmBackend, load_esm  # noqa: E402
 from seqembed.compute.batch_loop import embed_all  # noqa: E402
 from seqembed.compute.batching import fixed_budget, make_batches  # noqa: E402
@@ -98,7 +99,7 @@ def flops_per_token(shape: tuple[int, int, int], mean_tokens: float) -> float:
 
 def run_seqembed(path: Path, records: FastaRecords, device: str, precision: str):
     """As an embed job does it: auto budget from the free memory once the model is in."""
-    backend = EsmBackend.load(str(path), device=device, precision=precision, truncation=1022)
+    backend = load_backend(str(path), device=device, precision=precision, truncation=1022)
     layer = backend.num_layers
     budget = batch_budget("auto", backend, [layer])
     warm = FastaRecords(records.ids[:8], records.sequences[:8])
@@ -214,6 +215,27 @@ def end_to_end(path: Path, inputs: Path, out: Path, device: str) -> dict:
     return figures
 
 
+def transformers_backend(path: Path, records, device: str, precision: str, out: Path):
+    """The same weights as a Hugging Face folder, through transformers' ESM classes: load
+    seconds and tokens/s beside the fair-esm backend's."""
+    from seqembed.demo_hf import convert_esm2_checkpoint
+
+    folder = convert_esm2_checkpoint(path, out / "models" / f"{path.stem}-hf")
+    started = time.time()
+    backend = load_backend(str(folder), device=device, precision=precision, truncation=1022)
+    synchronize(device)
+    load_seconds = time.time() - started
+    del backend
+    result, seconds, _ = run_seqembed(folder, records, device, precision)
+    shutil.rmtree(folder)
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return {
+        "transformers_load_seconds": load_seconds,
+        "transformers_tokens_per_s": result.real_tokens / seconds,
+    }
+
+
 def per_residue_cost(path: Path, records: FastaRecords, device: str, precision: str, out: Path):
     """Residues/s of one file with mean output only, and with per-residue rows too (copied to
     the host batch by batch and written into HDF5 as float16): what streaming costs on a GPU."""
@@ -317,6 +339,11 @@ def main() -> None:
             f"({e2e['per_file']['models_loaded']} loads): {e2e['speedup']:.2f}x"
         )
         if smoke or name == "650M":
+            figures.update(transformers_backend(path, records, device, precision, args.out))
+            print(
+                f"{name} through transformers: load {figures['transformers_load_seconds']:.2f} s, "
+                f"{precision} {figures['transformers_tokens_per_s']:,.0f} tokens/s"
+            )
             figures["per_residue"] = per_residue_cost(path, records, device, precision, args.out)
             cost = figures["per_residue"]
             print(

@@ -18,6 +18,30 @@ def tiny_model(tmp_path_factory) -> Path:
     return write_tiny_esm2(tmp_path_factory.mktemp("model"), layers=3, dim=32, heads=4, seed=1)
 
 
+@pytest.fixture(scope="session")
+def hf_esm(tiny_model, tmp_path_factory) -> Path:
+    """The tiny ESM-2 as a Hugging Face folder: the same weights, transformers' classes."""
+    from seqembed.demo_hf import convert_esm2_checkpoint
+
+    return convert_esm2_checkpoint(tiny_model, tmp_path_factory.mktemp("hf") / "tiny-esm2")
+
+
+@pytest.fixture(scope="session")
+def dna_model(tmp_path_factory) -> Path:
+    """A tiny BERT with a byte-pair tokenizer trained on random DNA."""
+    from seqembed.demo_hf import write_tiny_dna_model
+
+    return write_tiny_dna_model(tmp_path_factory.mktemp("hf") / "tiny-dna")
+
+
+@pytest.fixture(scope="session")
+def dna_remote(tmp_path_factory) -> Path:
+    """The same, shipping its own model code as DNABERT-S does."""
+    from seqembed.demo_hf import write_tiny_dna_model
+
+    return write_tiny_dna_model(tmp_path_factory.mktemp("hf") / "tiny-dnabert-s", remote_code=True)
+
+
 def make_fasta_set(folder: Path) -> dict[str, Path]:
     """Four files of 5-40 sequences, 30-300 residues, one with sequences beyond 1,022
     residues, so truncation is exercised at the default setting too."""

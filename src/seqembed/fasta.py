@@ -66,7 +66,9 @@ def _header_text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def read_fasta(path: str | os.PathLike, alphabet: Iterable[str]) -> FastaRecords:
+def read_fasta(
+    path: str | os.PathLike, alphabet: Iterable[str], trailing_stop: bool = True
+) -> FastaRecords:
     """Read every record, checked before any model is loaded.
 
     Lenient, because real files look like this: lower case is upper-cased, a trailing stop
@@ -77,6 +79,7 @@ def read_fasta(path: str | os.PathLike, alphabet: Iterable[str]) -> FastaRecords
     first header, a header without a sequence or without an id, a character outside
     `alphabet` (an internal `*` included: split reads at stops first), binary content.
     Each is an InputError naming the file, the line where the problem is, and the record.
+    `trailing_stop` False (nucleotide files): a `*` is outside the alphabet anywhere.
     """
     allowed = frozenset(alphabet)
     ids: list[str] = []
@@ -94,7 +97,7 @@ def read_fasta(path: str | os.PathLike, alphabet: Iterable[str]) -> FastaRecords
 
     def finish() -> None:
         sequence = "".join(chunks)
-        if sequence.endswith("*"):
+        if trailing_stop and sequence.endswith("*"):
             sequence = sequence[:-1]
         if not sequence:
             raise InputError(f"{path}: line {header_line}: record '{ids[-1]}' has no sequence")
@@ -134,7 +137,7 @@ def read_fasta(path: str | os.PathLike, alphabet: Iterable[str]) -> FastaRecords
                     raise outside(stop_line, "*")
                 if not allowed.issuperset(line):
                     bad = set(line) - allowed
-                    if bad - {"*"} or line.index("*") != len(line) - 1:
+                    if not trailing_stop or bad - {"*"} or line.index("*") != len(line) - 1:
                         raise outside(number, bad)
                     stop_line = number
                 chunks.append(line)

@@ -189,6 +189,7 @@ def test_settings_that_cannot_change_numbers_rerun_nothing(run_copy, setting):
         "output_layout=virnucpro",
         "include=[mean,bos]",
         "output_format=h5",
+        "pooling=all_tokens",
     ],
 )
 def test_settings_that_change_numbers_rerun_every_file(run_copy, setting):

@@ -25,6 +25,7 @@ OUTPUT_SETTINGS = {
     "include": config["include"],
     "output_format": config["output_format"],
     "store_float16": config["store_float16"],
+    "pooling": config["pooling"],
 }
 
 

@@ -14,6 +14,7 @@ the output file) batch by batch.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -146,7 +147,8 @@ def embed_all(
     import torch
 
     lengths = [len(sequence) for sequence in records.sequences]
-    tokens_of = [min(n, truncation) + backend.extra_tokens for n in lengths]
+    # what each sequence costs the model: residues plus BOS/EOS, or a tokenizer's tokens
+    tokens_of = backend.token_counts(records.sequences)
     unique, source = first_occurrences(records.sequences, truncation)
     copies = Counter(source)
     positions_of: dict[int, list[int]] = {}
@@ -158,10 +160,7 @@ def embed_all(
 
     def batches_of(indices: list[int], limit: Callable[[int], int]) -> list[Batch]:
         local = make_batches(
-            [lengths[i] for i in indices],
-            limit,
-            extra_tokens=backend.extra_tokens,
-            truncation=truncation,
+            [tokens_of[i] for i in indices], limit, extra_tokens=0, truncation=sys.maxsize
         )
         return [Batch([indices[i] for i in b.indices], b.padded_length) for b in local]
 

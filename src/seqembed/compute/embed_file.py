@@ -11,6 +11,7 @@ from pathlib import Path
 from seqembed import runstate
 from seqembed.compute.batch_loop import embed_all
 from seqembed.compute.batching import CPU_TOKS_PER_BATCH, fixed_budget, memory_budget
+from seqembed.compute.hf_models import DNA_ALPHABET
 from seqembed.compute.writers import open_writer
 from seqembed.errors import Aborted
 from seqembed.fasta import FastaRecords
@@ -78,6 +79,7 @@ def embed_file(
         "truncation": request["truncation"],
         "precision": precision,
         "source": request.get("source", request["name"]),
+        "molecule": "dna" if backend.alphabet == DNA_ALPHABET else "protein",
     }
     include = request.get("include", ["mean"])
     writer = open_writer(request, layers, backend.embed_dim, meta)

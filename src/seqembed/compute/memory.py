@@ -66,11 +66,17 @@ def peak_bytes(device, run: Callable[[], object]) -> int:
 
 
 def random_batch(backend, sequences: int, tokens: int) -> list[str]:
+    """Random sequences of about `tokens` tokens each, as the backend's tokenizer counts them
+    (a byte-pair tokenizer packs several letters into one token)."""
     import random
 
     rng = random.Random(tokens)
     letters = sorted(backend.alphabet)
-    residues = max(1, tokens - backend.extra_tokens)
+    extra = backend.extra_tokens
+    residues = max(1, tokens - extra)
+    counted = backend.token_counts(["".join(rng.choices(letters, k=residues))])[0]
+    if counted - extra > 0 and counted != tokens:
+        residues = max(1, round(residues * (tokens - extra) / (counted - extra)))
     return ["".join(rng.choices(letters, k=residues)) for _ in range(sequences)]
 
 

@@ -104,6 +104,8 @@ def load_model(settings: dict):
         precision=settings["precision"],
         truncation=settings["truncation"],
         model_cache=settings["model_cache"],
+        trust_remote_code=settings.get("trust_remote_code", False),
+        pooling=settings.get("pooling", "auto"),
     )
     return backend, time.time() - started
 

@@ -85,10 +85,7 @@ class PtWriter(OutputWriter):
 
     def payload(self, pooled: dict) -> dict:
         if self.layout == "virnucpro":
-            if len(self.layers) != 1:
-                raise ValueError("output_layout virnucpro holds one layer; request exactly one")
-            (matrix,) = pooled["mean"].values()
-            return {"proteins": list(self.ids), "data": list(matrix.unbind(0))}
+            return self.virnucpro(pooled)
         payload = {
             "ids": list(self.ids),
             "model": self.meta["model"],
@@ -102,6 +99,24 @@ class PtWriter(OutputWriter):
         if "per_tok" in self.include:
             payload["representations"] = self.rows
         return payload
+
+    def virnucpro(self, pooled: dict) -> dict:
+        """What VirNucPro's merge step reads: for proteins (ESM-2) one tensor per protein; for
+        nucleotides (DNABERT-S) a dict per sequence with a plain list of floats, as its own
+        extraction saves them. It pairs the two by id and concatenates the vectors."""
+        if len(self.layers) != 1:
+            raise ValueError("output_layout virnucpro holds one layer; request exactly one")
+        (matrix,) = pooled["mean"].values()
+        if self.meta.get("molecule") == "dna":
+            rows = matrix.tolist()
+            return {
+                "nucleotide": list(self.ids),
+                "data": [
+                    {"label": label, "mean_representation": row}
+                    for label, row in zip(self.ids, rows, strict=True)
+                ],
+            }
+        return {"proteins": list(self.ids), "data": list(matrix.unbind(0))}
 
     def finish(self, pooled: dict) -> Path:
         payload = self.payload(pooled)

@@ -23,7 +23,7 @@ import psutil
 
 from seqembed import faults, runstate
 from seqembed.claims import claim_device
-from seqembed.compute.backends import alphabet_for
+from seqembed.compute.backends import PROTEIN_ALPHABET, alphabet_for
 from seqembed.devices import (
     lane_for,
     resolve_pool,
@@ -94,7 +94,9 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
     """Embed one file and write its output and record; returns the record."""
     started = time.time()
     config = job.config
-    records = read_fasta(job.fasta, alphabet_for(config["model"]))
+    alphabet = alphabet_for(config["model"], config["model_cache"])
+    # a trailing stop ends translated reads; nucleotide files have none
+    records = read_fasta(job.fasta, alphabet, trailing_stop=alphabet == PROTEIN_ALPHABET)
     lengths = [len(sequence) for sequence in records.sequences]
     for stale in stale_temporaries(job.output):
         stale.unlink(missing_ok=True)

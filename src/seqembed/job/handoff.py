@@ -25,6 +25,8 @@ def worker_settings(job, label: str) -> dict:
         "model_cache": config["model_cache"],
         "precision": config["precision"],
         "truncation": config["truncation"],
+        "trust_remote_code": config["trust_remote_code"],
+        "pooling": config["pooling"],
         "threads": max(1, job.threads),
     }
 

@@ -138,6 +138,57 @@ def check_model(
     return str(cached)
 
 
+#: the files a Hugging Face model folder holds its weights in, one of them at least
+HF_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+HF_TOKENIZER = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json")
+
+
+def check_hf_model(config: dict) -> str:
+    """A Hugging Face folder (or cached hub id) with a config, weights and a tokenizer, its own
+    code allowed if it has some, the requested layers within its depth, and outputs it can
+    give; read from the files alone (no weights loaded). Returns the folder."""
+    from seqembed.compute.hf_models import model_config, model_folder, remote_code
+    from seqembed.errors import ModelError
+
+    model = config["model"]
+    try:
+        folder = model_folder(model, config["model_cache"])
+        settings = model_config(folder)
+    except ModelError as error:
+        raise PreflightError(str(error)) from None
+    if not any((folder / name).is_file() for name in HF_WEIGHTS):
+        raise PreflightError(f"model folder {folder} has no weights ({', '.join(HF_WEIGHTS)})")
+    if not any((folder / name).is_file() for name in HF_TOKENIZER):
+        raise PreflightError(f"model folder {folder} has no tokenizer ({', '.join(HF_TOKENIZER)})")
+    own_code = remote_code(settings)
+    if own_code and not config["trust_remote_code"]:
+        raise PreflightError(
+            f"model {model} ships its own code ({own_code}): set trust_remote_code: true to run "
+            "it (only for models whose code you trust)"
+        )
+    if own_code and not (folder / f"{own_code.split('.')[0]}.py").is_file():
+        raise PreflightError(f"model folder {folder} names its code {own_code}, which is missing")
+    depth = settings.get("num_hidden_layers")
+    if depth is not None:
+        from seqembed.compute.backends import resolve_layers
+
+        try:
+            resolve_layers(config["layers"], depth, model)
+        except ModelError as error:
+            raise PreflightError(f"config key 'layers': {error}") from None
+    if settings.get("model_type") != "esm" and "per_tok" in config["include"]:
+        raise PreflightError(
+            f"config key 'include': per_tok is written for protein models; {model} is a "
+            "nucleotide model (mean and bos are)"
+        )
+    return str(folder)
+
+
 def run_preflight(config: dict, devices: bool = True) -> str:
     """All checks; returns a one-line report of what was checked. `devices` False: the jobs
     run on other hosts (a cluster), whose devices only they can see and check."""
@@ -146,9 +197,14 @@ def run_preflight(config: dict, devices: bool = True) -> str:
         problem = check_locking(config["lock_dir"])
         if problem:
             raise PreflightError(problem)
-    checkpoint = check_model(
-        config["model"], config["model_cache"], config["model_mirror"], config["layers"]
-    )
+    from seqembed.compute.hf_models import is_hf_model
+
+    if is_hf_model(config["model"]):
+        checkpoint = check_hf_model(config)
+    else:
+        checkpoint = check_model(
+            config["model"], config["model_cache"], config["model_mirror"], config["layers"]
+        )
     return f"devices {', '.join(pool)}; model {checkpoint}"
 
 

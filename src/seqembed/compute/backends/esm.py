@@ -15,6 +15,8 @@ from seqembed import faults
 from seqembed.compute.backends import (
     PROTEIN_ALPHABET,
     ModelError,
+    letter_table,
+    letter_tokens,
     resolve_layers,
     resolve_precision,
 )
@@ -146,8 +148,12 @@ class EsmBackend:
     alphabet = PROTEIN_ALPHABET
     extra_tokens = 2  # BOS + EOS
 
-    def __init__(self, network, alphabet, name: str, device: str, dtype, truncation: int):
+    def __init__(
+        self, network, alphabet, name: str, device: str, dtype, truncation: int, pooling="auto"
+    ):
         self.network = network
+        #: residues (fair-esm's mean) or all_tokens (BOS and EOS included)
+        self.pooling = "residues" if pooling == "auto" else pooling
         self.esm_alphabet = alphabet
         self.name = name
         self.device = torch.device(device)
@@ -156,11 +162,8 @@ class EsmBackend:
         self.num_layers = network.num_layers
         self.embed_dim = network.embed_dim
         self.attention_heads = network.attention_heads
-        # residue letter -> token id, fair-esm's own vocabulary; a table lookup instead of
-        # fair-esm's general tokenizer, which costs a fifth of the time of a small model
-        self._token_of = torch.full((256,), alphabet.unk_idx, dtype=torch.int64)
-        for letter in PROTEIN_ALPHABET:
-            self._token_of[ord(letter)] = alphabet.get_idx(letter)
+        # residue letter -> token id, fair-esm's own vocabulary
+        self._token_of = letter_table(alphabet.get_idx, alphabet.unk_idx)
 
     @classmethod
     def load(
@@ -171,6 +174,7 @@ class EsmBackend:
         precision: str,
         truncation: int,
         model_cache: str | None = None,
+        pooling: str = "auto",
     ) -> EsmBackend:
         dtype = PRECISIONS[resolve_precision(precision, device)]
         if (
@@ -181,7 +185,7 @@ class EsmBackend:
             dtype = torch.float16  # pre-Ampere GPU: no bf16 tensor cores
         network, alphabet, name = load_esm(model, device, dtype, model_cache)
         use_fused_attention(network)
-        return cls(network, alphabet, name, device, dtype, truncation)
+        return cls(network, alphabet, name, device, dtype, truncation, pooling)
 
     def resolve_layers(self, layers) -> list[int]:
         return resolve_layers(layers, self.num_layers, self.name)
@@ -190,15 +194,17 @@ class EsmBackend:
         """The tokens fair-esm's batch converter makes (BOS, residues cut at `truncation`, EOS,
         padding), and the residue count of each row."""
         alphabet = self.esm_alphabet
-        lengths = [min(len(sequence), self.truncation) for sequence in sequences]
-        tokens = torch.full((len(sequences), max(lengths) + 2), alphabet.padding_idx)
-        tokens[:, 0] = alphabet.cls_idx
-        for row, (sequence, length) in enumerate(zip(sequences, lengths, strict=True)):
-            if length:
-                letters = torch.frombuffer(bytearray(sequence[:length], "ascii"), dtype=torch.uint8)
-                tokens[row, 1 : length + 1] = self._token_of[letters.long()]
-            tokens[row, length + 1] = alphabet.eos_idx
-        return tokens, torch.tensor(lengths)
+        return letter_tokens(
+            sequences,
+            self.truncation,
+            self._token_of,
+            alphabet.cls_idx,
+            alphabet.eos_idx,
+            alphabet.padding_idx,
+        )
+
+    def token_counts(self, sequences: list[str]) -> list[int]:
+        return [min(len(sequence), self.truncation) + 2 for sequence in sequences]
 
     def prepare(self, sequences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, lengths = self.tokenize(sequences)
@@ -223,9 +229,10 @@ class EsmBackend:
         results: dict[str, dict[int, torch.Tensor]] = {}
         if "mean" in include:
             positions = torch.arange(tokens.shape[1], device=self.device)
-            # residues sit at positions 1..length: BOS at 0, EOS and padding after
-            residue_mask = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])
-            weights = residue_mask.to(torch.float32) / lengths.clamp(min=1)[:, None]
+            # residues sit at positions 1..length: BOS at 0, EOS at length + 1, padding after
+            first, last = (1, lengths) if self.pooling == "residues" else (0, lengths + 1)
+            pooled_over = (positions[None, :] >= first) & (positions[None, :] <= last[:, None])
+            weights = pooled_over.float() / pooled_over.sum(1).clamp(min=1)[:, None]
             results["mean"] = {
                 layer: torch.einsum("bt,btd->bd", weights, representations[layer].float())
                 for layer in layers

@@ -1,0 +1,249 @@
+"""Models in Hugging Face format through transformers' own classes: ESM-2 from its maintained
+home, and nucleotide models such as DNABERT-S (byte-pair tokens, often their own model code).
+
+The layers are numbered as fair-esm numbers them: 0 is the embedding output, N the last
+layer's (after ESM's final layer norm). Only the requested layers are kept: a hook on each
+requested block, not transformers' output_hidden_states, which keeps all N + 1.
+
+Pooling: `residues`, the mean over the sequence's own tokens (no special tokens), fair-esm's
+definition and the default for ESM; `all_tokens`, the mean over every token of the sequence,
+special tokens included, as DNABERT-2/-S document it and VirNucPro computes it, the default
+for nucleotide models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from seqembed.compute.backends import (
+    PROTEIN_ALPHABET,
+    ModelError,
+    letter_table,
+    letter_tokens,
+    resolve_layers,
+    resolve_precision,
+)
+from seqembed.compute.hf_models import (
+    DNA_ALPHABET,
+    model_config,
+    model_folder,
+    offline,
+    remote_code,
+)
+from seqembed.errors import ReadError
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _first(output):
+    """The hidden states of a block's or a model's output (a tensor, a tuple, a ModelOutput)."""
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def _blocks(network) -> list:
+    """The transformer blocks, in order, where BERT-like models keep them."""
+    encoder = getattr(network, "encoder", None)
+    blocks = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
+    return list(blocks) if blocks is not None else []
+
+
+def load_network(model: str, model_cache, dtype, trust_remote_code: bool):
+    """Tokenizer and network from the local folder, offline; every loader failure is one
+    ModelError line naming the model (an OS error reading the files is a ReadError)."""
+    offline()
+    folder = model_folder(model, model_cache)
+    config = model_config(folder)
+    own_code = remote_code(config)
+    if own_code and not trust_remote_code:
+        raise ModelError(
+            f"model {model} ships its own code ({own_code}): set trust_remote_code: true to run "
+            "it (only for models whose code you trust)"
+        )
+    import transformers
+    from transformers import AutoModel, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()  # its load report: a table per worker start
+    transformers.logging.disable_progress_bar()
+    options = {"trust_remote_code": trust_remote_code, "local_files_only": True}
+    if not own_code:
+        options["add_pooling_layer"] = False  # BERT's and ESM's pooler: never used here
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            folder, trust_remote_code=trust_remote_code, local_files_only=True
+        )
+        try:
+            network = AutoModel.from_pretrained(
+                folder, dtype=dtype, attn_implementation="sdpa", **options
+            )
+        except (ValueError, ImportError):  # the model's own code has no fused attention
+            network = AutoModel.from_pretrained(folder, dtype=dtype, **options)
+    except OSError as error:
+        if isinstance(error, FileNotFoundError) or not error.errno:
+            raise ModelError(f"cannot load model '{model}' from {folder}: {error}") from None
+        raise ReadError(f"cannot read model '{model}' in {folder}: {error.strerror}") from error
+    except Exception as error:  # noqa: BLE001 - any loader failure is one line for the user
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ModelError(
+            f"cannot load model '{model}' from {folder}: {type(error).__name__}: {first_line}"
+        ) from error
+    return tokenizer, network, config, folder
+
+
+class HfBackend:
+    def __init__(self, tokenizer, network, config: dict, name: str, device, dtype, **options):
+        self.tokenizer = tokenizer
+        self.network = network
+        self.name = name
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.truncation = options["truncation"]
+        self.protein = config.get("model_type") == "esm"
+        self.alphabet = PROTEIN_ALPHABET if self.protein else DNA_ALPHABET
+        pooling = options.get("pooling", "auto")
+        self.pooling = (
+            ("residues" if self.protein else "all_tokens") if pooling == "auto" else pooling
+        )
+        settings = network.config
+        self.num_layers = settings.num_hidden_layers
+        self.embed_dim = settings.hidden_size
+        self.attention_heads = settings.num_attention_heads
+        self.blocks = _blocks(network)
+        self.embeddings = getattr(network, "embeddings", None)
+        # the most tokens the model's positions allow (rotary and ALiBi models: no limit)
+        limit = getattr(settings, "max_position_embeddings", None)
+        if config.get("position_embedding_type") == "rotary" or not limit:
+            limit = None
+        self.max_tokens = limit
+        if self.protein:
+            self.extra_tokens = 2
+            vocabulary = tokenizer.get_vocab()
+            self._token_of = letter_table(vocabulary.get, tokenizer.unk_token_id)
+            self.special = (tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        else:
+            # the special tokens the tokenizer adds to every sequence ([CLS], [SEP])
+            self.extra_tokens = len(tokenizer("", add_special_tokens=True)["input_ids"])
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        *,
+        device: str,
+        precision: str,
+        truncation: int,
+        model_cache: str | None = None,
+        trust_remote_code: bool = False,
+        pooling: str = "auto",
+    ) -> HfBackend:
+        dtype = PRECISIONS[resolve_precision(precision, device)]
+        tokenizer, network, config, folder = load_network(
+            model, model_cache, dtype, trust_remote_code
+        )
+        # a hub id names itself; a folder by its name
+        name = folder.name if Path(model).expanduser().is_dir() else model
+        return cls(
+            tokenizer,
+            network.eval().to(device),
+            config,
+            name,
+            device,
+            dtype,
+            truncation=truncation,
+            pooling=pooling,
+        )
+
+    def resolve_layers(self, layers) -> list[int]:
+        layers = resolve_layers(layers, self.num_layers, self.name)
+        if any(layer < self.num_layers for layer in layers) and len(self.blocks) != self.num_layers:
+            raise ModelError(
+                f"{self.name}: only the last layer can be read (its code keeps no list of "
+                "layers transformers knows)"
+            )
+        return layers
+
+    def token_counts(self, sequences: list[str]) -> list[int]:
+        """What the model sees of each sequence: residues plus BOS/EOS for ESM; for a
+        byte-pair tokenizer, its tokens (several letters each) plus its special tokens."""
+        if self.protein:
+            return [min(len(s), self.truncation) + 2 for s in sequences]
+        encoded = self._encode(sequences, padding=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def _encode(self, sequences: list[str], **options):
+        return self.tokenizer(
+            [sequence[: self.truncation] for sequence in sequences],
+            add_special_tokens=True,
+            truncation=self.max_tokens is not None,
+            max_length=self.max_tokens,
+            return_special_tokens_mask=True,
+            **options,
+        )
+
+    def prepare(self, sequences: list[str]):
+        """Token ids, the attention mask, and the mask of the tokens the mean is taken over."""
+        if self.protein:
+            cls_id, eos_id, pad_id = self.special
+            tokens, lengths = letter_tokens(
+                sequences, self.truncation, self._token_of, cls_id, eos_id, pad_id
+            )
+            attention = tokens != pad_id
+            positions = torch.arange(tokens.shape[1])
+            residues = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])
+        else:
+            encoded = self._encode(sequences, padding=True, return_tensors="pt")
+            tokens, attention = encoded["input_ids"], encoded["attention_mask"].bool()
+            residues = attention & ~encoded["special_tokens_mask"].bool()
+        pooled_over = residues if self.pooling == "residues" else attention
+        prepared = (tokens, attention.long(), pooled_over)
+        if self.device.type == "cuda":
+            prepared = tuple(tensor.pin_memory() for tensor in prepared)
+        return prepared
+
+    def _representations(self, tokens, attention, layers: list[int]) -> dict[int, torch.Tensor]:
+        captured: dict[int, torch.Tensor] = {}
+
+        def keep(layer: int):
+            return lambda module, inputs, output: captured.__setitem__(layer, _first(output))
+
+        handles = []
+        if 0 in layers and self.embeddings is not None:
+            handles.append(self.embeddings.register_forward_hook(keep(0)))
+        for layer in layers:
+            if 0 < layer < self.num_layers:
+                handles.append(self.blocks[layer - 1].register_forward_hook(keep(layer)))
+        try:
+            output = self.network(input_ids=tokens, attention_mask=attention)
+        finally:
+            for handle in handles:
+                handle.remove()
+        captured[self.num_layers] = _first(output)
+        return captured
+
+    @torch.inference_mode()
+    def forward(self, prepared, layers: list[int], include=("mean",)):
+        """kind -> layer -> values, as EsmBackend.forward."""
+        tokens, attention, pooled_over = (t.to(self.device, non_blocking=True) for t in prepared)
+        representations = self._representations(tokens, attention, layers)
+        results: dict[str, dict[int, torch.Tensor]] = {}
+        if "mean" in include:
+            weights = pooled_over.float() / pooled_over.sum(1).clamp(min=1)[:, None]
+            results["mean"] = {
+                layer: torch.einsum("bt,btd->bd", weights, representations[layer].float())
+                for layer in layers
+            }
+        if "bos" in include:
+            results["bos"] = {layer: representations[layer][:, 0].float() for layer in layers}
+        if "per_tok" in include:
+            if not self.protein:
+                raise ModelError(f"{self.name}: per_tok is written for protein models only")
+            longest = tokens.shape[1] - self.extra_tokens
+            results["per_tok"] = {
+                layer: representations[layer][:, 1 : longest + 1] for layer in layers
+            }
+        return results
+
+    def embed(self, sequences: list[str], layers: list[int]) -> dict[int, torch.Tensor]:
+        pooled = self.forward(self.prepare(sequences), layers)["mean"]
+        return {layer: values.cpu() for layer, values in pooled.items()}

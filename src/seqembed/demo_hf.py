@@ -1,0 +1,173 @@
+"""Tiny Hugging Face models built here with transformers' own classes, for tests and the
+demo (no downloads):
+
+- an ESM-2 converted from a fair-esm checkpoint (the demo's), saved as the hub's ESM-2
+  folders are (EsmForMaskedLM, safetensors, the ESM tokenizer's vocab.txt);
+- a BERT-family DNA model with a byte-pair tokenizer trained on random DNA, optionally with
+  its own model code (as DNABERT-S ships it: auto_map in config.json, a modeling file beside).
+
+    python -m seqembed.demo_hf esm2 <fair-esm checkpoint> <folder>
+    python -m seqembed.demo_hf dna <folder> [--remote-code]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+from pathlib import Path
+
+#: fair-esm's ESM-2 parameter names -> transformers' EsmForMaskedLM names
+RENAMES = [
+    (r"^embed_tokens\.", "esm.embeddings.word_embeddings."),
+    (r"^layers\.(\d+)\.self_attn\.q_proj\.", r"esm.encoder.layer.\1.attention.self.query."),
+    (r"^layers\.(\d+)\.self_attn\.k_proj\.", r"esm.encoder.layer.\1.attention.self.key."),
+    (r"^layers\.(\d+)\.self_attn\.v_proj\.", r"esm.encoder.layer.\1.attention.self.value."),
+    (r"^layers\.(\d+)\.self_attn\.out_proj\.", r"esm.encoder.layer.\1.attention.output.dense."),
+    (r"^layers\.(\d+)\.self_attn_layer_norm\.", r"esm.encoder.layer.\1.attention.LayerNorm."),
+    (r"^layers\.(\d+)\.fc1\.", r"esm.encoder.layer.\1.intermediate.dense."),
+    (r"^layers\.(\d+)\.fc2\.", r"esm.encoder.layer.\1.output.dense."),
+    (r"^layers\.(\d+)\.final_layer_norm\.", r"esm.encoder.layer.\1.LayerNorm."),
+    (r"^emb_layer_norm_after\.", "esm.encoder.emb_layer_norm_after."),
+    (r"^lm_head\.weight$", "lm_head.decoder.weight"),
+    (r"^lm_head\.", "lm_head."),
+]
+
+
+def convert_esm2_checkpoint(checkpoint: str | Path, folder: str | Path) -> Path:
+    """The fair-esm ESM-2 `checkpoint` as a Hugging Face model folder (same weights)."""
+    import esm
+    import torch
+    from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer
+
+    from seqembed.compute.backends.esm import CHECKPOINT_PREFIX, read_checkpoint
+
+    data = read_checkpoint(Path(checkpoint))
+    cfg = data["cfg"]["model"]
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    config = EsmConfig(
+        vocab_size=len(alphabet.all_toks),
+        mask_token_id=alphabet.mask_idx,
+        pad_token_id=alphabet.padding_idx,
+        hidden_size=cfg.encoder_embed_dim,
+        num_hidden_layers=cfg.encoder_layers,
+        num_attention_heads=cfg.encoder_attention_heads,
+        intermediate_size=4 * cfg.encoder_embed_dim,
+        max_position_embeddings=1026,
+        position_embedding_type="rotary",
+        token_dropout=cfg.token_dropout,
+        emb_layer_norm_before=False,
+        layer_norm_eps=1e-5,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        architectures=["EsmForMaskedLM"],
+    )
+    state = {}
+    for key, value in data["model"].items():
+        key = CHECKPOINT_PREFIX.sub("", key)
+        if "rot_emb" in key or key.startswith("contact_head"):
+            continue  # recomputed by transformers; contacts are never used here
+        for pattern, replacement in RENAMES:
+            if re.match(pattern, key):
+                state[re.sub(pattern, replacement, key)] = value.float()
+                break
+    network = EsmForMaskedLM(config)
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    assert all(re.search("rotary|position_ids|contact_head", name) for name in missing), missing
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    network.save_pretrained(folder)
+    vocabulary = folder / "vocab.txt"
+    vocabulary.write_text("\n".join(alphabet.all_toks) + "\n")
+    EsmTokenizer(str(vocabulary)).save_pretrained(folder)
+    del torch
+    return folder
+
+
+MODELING = '''"""A DNA model with its own code, as DNABERT-S ships it: loaded only with
+trust_remote_code, and returning DNABERT-2's tuple (hidden states, pooled)."""
+
+from transformers import BertModel
+
+
+class TinyDnaModel(BertModel):
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        output = super().forward(input_ids=input_ids, attention_mask=attention_mask)
+        return (output.last_hidden_state, output.pooler_output)
+'''
+
+
+def random_dna(rng: random.Random, length: int) -> str:
+    return "".join(rng.choices("ACGT", k=length))
+
+
+def write_tiny_dna_model(
+    folder: str | Path, *, remote_code: bool = False, layers: int = 2, dim: int = 32, seed: int = 0
+) -> Path:
+    """A random BERT with a byte-pair tokenizer trained on random DNA (and N)."""
+    import torch
+    from tokenizers import Tokenizer, models, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    rng = random.Random(seed)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=specials, show_progress=False)
+    corpus = [random_dna(rng, rng.randint(50, 300)) for _ in range(400)] + ["N" * 20]
+    tokenizer.train_from_iterator(corpus, trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=dim,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=4 * dim,
+        max_position_embeddings=512,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=tokenizer.token_to_id("[PAD]"),
+    )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    BertModel(config).eval().save_pretrained(folder)
+    fast.save_pretrained(folder)
+    if remote_code:
+        (folder / "modeling_tinydna.py").write_text(MODELING)
+        settings = json.loads((folder / "config.json").read_text())
+        settings["auto_map"] = {"AutoModel": "modeling_tinydna.TinyDnaModel"}
+        (folder / "config.json").write_text(json.dumps(settings, indent=2))
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    esm2 = commands.add_parser("esm2")
+    esm2.add_argument("checkpoint")
+    esm2.add_argument("folder")
+    dna = commands.add_parser("dna")
+    dna.add_argument("folder")
+    dna.add_argument("--remote-code", action="store_true")
+    options = parser.parse_args()
+    if options.command == "esm2":
+        print(convert_esm2_checkpoint(options.checkpoint, options.folder))
+    else:
+        print(write_tiny_dna_model(options.folder, remote_code=options.remote_code))
+
+
+if __name__ == "__main__":
+    main()

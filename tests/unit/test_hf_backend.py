@@ -1,0 +1,176 @@
+"""Models in Hugging Face format, built here with transformers' own classes: ESM-2 through
+transformers equal to the fair-esm backend on the same weights, a byte-pair DNA model equal
+to transformers called directly one sequence at a time, and the ways a model folder fails."""
+
+import random
+import shutil
+
+import pytest
+import torch
+from reference import reference_outputs
+from transformers import AutoModel, AutoTokenizer
+
+from seqembed.compute.backends import DNA_ALPHABET, PROTEIN_ALPHABET, alphabet_for, load_backend
+from seqembed.compute.backends.esm import EsmBackend
+from seqembed.compute.batch_loop import embed_all
+from seqembed.compute.batching import fixed_budget
+from seqembed.demo import random_protein
+from seqembed.demo_hf import random_dna
+from seqembed.errors import InputError, ModelError
+from seqembed.fasta import FastaRecords, read_fasta
+
+LAYERS = [0, 1, 2, 3]
+
+
+def proteins() -> list[str]:
+    rng = random.Random(4)
+    return [random_protein(rng, rng.randint(5, 300)) for _ in range(20)] + ["M" * 1100]
+
+
+def nucleotides() -> list[str]:
+    rng = random.Random(5)
+    return [random_dna(rng, rng.randint(10, 600)) for _ in range(20)] + ["ACGTNNNNNNACGT"]
+
+
+def test_esm2_through_transformers_equals_the_fair_esm_backend(hf_esm, tiny_model):
+    hf = load_backend(str(hf_esm), device="cpu", precision="fp32", truncation=1022)
+    esm = EsmBackend.load(str(tiny_model), device="cpu", precision="fp32", truncation=1022)
+    assert (hf.name, hf.num_layers, hf.embed_dim, hf.pooling) == ("tiny-esm2", 3, 32, "residues")
+    assert hf.alphabet == PROTEIN_ALPHABET and alphabet_for(str(hf_esm)) == PROTEIN_ALPHABET
+    sequences = proteins()
+    assert hf.token_counts(sequences) == esm.token_counts(sequences)
+    kinds = ("mean", "bos", "per_tok")
+    got = hf.forward(hf.prepare(sequences), LAYERS, kinds)
+    expected = esm.forward(esm.prepare(sequences), LAYERS, kinds)
+    for kind in kinds:
+        for layer in LAYERS:
+            difference = (got[kind][layer] - expected[kind][layer]).abs().max().item()
+            assert difference <= 1e-5, (kind, layer, difference)
+    # and the last layer against fair-esm's own forward pass, one sequence at a time
+    reference = reference_outputs(tiny_model, sequences, [3], 1022)
+    assert (got["mean"][3] - reference["mean"][3]).abs().max().item() <= 1e-5
+
+
+def direct(folder, sequences, trust=False, residues_only=False):
+    """transformers called directly, one sequence at a time, no padding."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    network = AutoModel.from_pretrained(folder, trust_remote_code=trust).eval()
+    rows = []
+    with torch.no_grad():
+        for sequence in sequences:
+            hidden = network(tokenizer(sequence, return_tensors="pt")["input_ids"])[0][0]
+            rows.append(hidden[1:-1].mean(0) if residues_only else hidden.mean(0))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("fixture", ["dna_model", "dna_remote"])
+def test_dna_model_equals_transformers_one_sequence_at_a_time(fixture, request):
+    folder = request.getfixturevalue(fixture)
+    trust = fixture == "dna_remote"
+    sequences = nucleotides()
+    backend = load_backend(
+        str(folder), device="cpu", precision="fp32", truncation=1022, trust_remote_code=trust
+    )
+    assert backend.alphabet == DNA_ALPHABET and backend.pooling == "all_tokens"
+    assert alphabet_for(str(folder)) == DNA_ALPHABET
+    # batches are sized by what the model sees: byte-pair tokens, not letters
+    counts = backend.token_counts(sequences)
+    assert counts == [len(AutoTokenizer.from_pretrained(folder)(s)["input_ids"]) for s in sequences]
+    assert sum(counts) < 0.6 * sum(map(len, sequences))
+    records = FastaRecords([f"n{i}" for i in range(len(sequences))], sequences)
+    result = embed_all(backend, records, [2], fixed_budget(600), truncation=1022)
+    assert result.batches > 1 and result.real_tokens == sum(counts)
+    expected = direct(folder, sequences, trust)
+    assert (result.pooled["mean"][2] - expected).abs().max().item() <= 1e-5
+
+    residues = load_backend(
+        str(folder),
+        device="cpu",
+        precision="fp32",
+        truncation=1022,
+        trust_remote_code=trust,
+        pooling="residues",
+    )
+    got = residues.embed(sequences, [2])[2]
+    assert (got - direct(folder, sequences, trust, residues_only=True)).abs().max() <= 1e-5
+
+
+def test_dna_layers_are_numbered_as_for_esm(dna_model):
+    backend = load_backend(str(dna_model), device="cpu", precision="fp32", truncation=1022)
+    network = AutoModel.from_pretrained(dna_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(dna_model)
+    sequence = nucleotides()[3]
+    with torch.no_grad():
+        hidden = network(**tokenizer(sequence, return_tensors="pt"), output_hidden_states=True)
+    got = backend.embed([sequence], [0, 1, 2])
+    for layer in (0, 1, 2):
+        expected = hidden.hidden_states[layer][0].mean(0)
+        assert (got[layer][0] - expected).abs().max().item() <= 1e-5
+    with pytest.raises(ModelError, match="layer 3 does not exist"):
+        backend.resolve_layers([3])
+
+
+def test_model_code_runs_only_when_trusted(dna_remote):
+    with pytest.raises(ModelError) as error:
+        load_backend(str(dna_remote), device="cpu", precision="fp32", truncation=1022)
+    assert "ships its own code (modeling_tinydna.TinyDnaModel): set trust_remote_code" in str(
+        error.value
+    )
+
+
+def cached_hub(folder, cache, repo="tiny-org/tiny-esm2"):
+    """A hub id in a Hugging Face cache as `hf download` leaves it: refs/main naming a
+    snapshot folder."""
+    owner, name = repo.split("/")
+    root = cache / f"models--{owner}--{name}"
+    commit = "0" * 40
+    shutil.copytree(folder, root / "snapshots" / commit)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    return repo
+
+
+def test_a_hub_id_is_read_from_the_cache_and_never_downloaded(hf_esm, tmp_path, monkeypatch):
+    repo = cached_hub(hf_esm, tmp_path / "hub")
+    backend = load_backend(
+        repo, device="cpu", precision="fp32", truncation=1022, model_cache=str(tmp_path / "hub")
+    )
+    assert backend.name == repo
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(ModelError) as error:
+        load_backend("facebook/esm2_t6_8M_UR50D", device="cpu", precision="fp32", truncation=1)
+    assert str(error.value) == (
+        f"model facebook/esm2_t6_8M_UR50D is not in the Hugging Face cache {tmp_path / 'empty'}, "
+        "and jobs never download: fill it where there is internet with `hf download "
+        f"facebook/esm2_t6_8M_UR50D` (HF_HUB_CACHE={tmp_path / 'empty'}), or set model to a "
+        "local model folder"
+    )
+
+
+def test_nucleotide_input_is_checked_against_acgtn(tmp_path):
+    path = tmp_path / "reads.fna"
+    path.write_text(">r1\nacgtn\nACGT\n>r2\nACGU\n")
+    with pytest.raises(InputError) as error:
+        read_fasta(path, DNA_ALPHABET, trailing_stop=False)
+    assert (
+        str(error.value) == f"{path}: line 5: record 'r2' has characters outside the alphabet: 'U'"
+    )
+    path.write_text(">r1\nacgtn*\n")
+    with pytest.raises(InputError, match="line 2: record 'r1' has characters outside"):
+        read_fasta(path, DNA_ALPHABET, trailing_stop=False)
+    path.write_text(">r1\nacgtn\n")
+    assert read_fasta(path, DNA_ALPHABET, trailing_stop=False).sequences == ["ACGTN"]
+
+
+def test_all_tokens_pooling_in_both_backends_is_transformers_mean_over_every_token(
+    hf_esm, tiny_model
+):
+    sequences = proteins()[:6]
+    options = {"device": "cpu", "precision": "fp32", "truncation": 1022, "pooling": "all_tokens"}
+    through_hf = load_backend(str(hf_esm), **options).embed(sequences, [3])[3]
+    through_fair_esm = load_backend(str(tiny_model), **options).embed(sequences, [3])[3]
+    expected = direct(hf_esm, sequences)  # BOS and EOS included
+    assert (through_hf - expected).abs().max().item() <= 1e-5
+    assert (through_fair_esm - expected).abs().max().item() <= 1e-5
+    residues = load_backend(str(tiny_model), device="cpu", precision="fp32", truncation=1022)
+    assert (residues.embed(sequences, [3])[3] - expected).abs().max().item() > 1e-3
