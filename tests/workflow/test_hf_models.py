@@ -5,6 +5,7 @@ and the failure semantics (an input error, an out-of-memory back-off, a bad mode
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 import shutil
@@ -127,9 +128,23 @@ def test_a_dna_run_keeps_the_failure_semantics(tmp_path, dna_model):
     for name in ("sample", "second"):
         done = record(workdir, name)
         assert done["status"] == "done" and done["oom_backoffs"] >= 1, done
+    # the plan balances what the model sees: byte-pair tokens, several letters each
+    plan = json.loads((workdir / "results" / "plan.json").read_text())
+    assert plan["load_unit"] == "tokens"
+    with open(workdir / "results" / "plan.tsv", newline="") as handle:
+        sample = next(
+            row for row in csv.DictReader(handle, delimiter="\t") if row["name"] == "sample"
+        )
+    assert int(sample["tokens"]) == done_tokens(workdir, "sample")
+    assert int(sample["tokens"]) < 0.6 * int(sample["residues"])
     assert torch.load(workdir / "results" / "embeddings" / "sample.pt")["mean_representations"][
         2
     ].shape == (30, 32)
+
+
+def done_tokens(workdir, name) -> int:
+    """The tokens the job's model saw (every sequence once: no duplicates in these files)."""
+    return record(workdir, name)["real_tokens"]
 
 
 @pytest.mark.parametrize(
@@ -138,6 +153,7 @@ def test_a_dna_run_keeps_the_failure_semantics(tmp_path, dna_model):
         ("weights", "has no weights (model.safetensors"),
         ("trust", "ships its own code (modeling_tinydna.TinyDnaModel): set trust_remote_code"),
         ("per_tok", "config key 'include': per_tok is written for protein models"),
+        ("hub", "model tiny-org/tiny-dna is not in the Hugging Face cache "),
     ],
 )
 def test_a_bad_model_folder_stops_the_run_in_one_line(tmp_path, dna_remote, damage, message):
@@ -150,12 +166,21 @@ def test_a_bad_model_folder_stops_the_run_in_one_line(tmp_path, dna_remote, dama
         (folder / "model.safetensors").unlink()
     elif damage == "trust":
         settings = {}
-    else:
+    elif damage == "per_tok":
         settings["include"] = ["mean", "per_tok"]
-    write_config(workdir, input_dir="reads", input_glob="*.fna", model=str(folder), **settings)
+    model = str(folder)
+    if damage == "hub":  # a hub id, and a cache that does not hold it
+        model, settings["model_cache"] = "tiny-org/tiny-dna", str(tmp_path / "hub")
+    write_config(workdir, input_dir="reads", input_glob="*.fna", model=model, **settings)
     result = snakemake(workdir)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("seqembed: pre-flight failed: ") and message in last, last
+    if damage == "hub":
+        assert last.endswith(
+            "`hf download tiny-org/tiny-dna` (HF_HUB_CACHE="
+            + str(tmp_path / "hub")
+            + "), or set model to a local model folder"
+        )
     assert not (workdir / "results" / "embeddings").exists()
     assert json.dumps(last).count("\\n") == 0

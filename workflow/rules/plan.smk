@@ -14,7 +14,9 @@ rule plan:
         ENV
     params:
         names=list(FILES),
-        # re-plan (only the plan) when the device pool is configured differently
+        # re-plan (only the plan) when the device pool or the model is configured differently
         pool=[config["device"], config["gpus"], config["cpu_slots"]],
+        # a nucleotide model's tokenizer decides the plan's load (tokens, not letters)
+        model=config["model"],
     script:
         "../../scripts/plan.py"

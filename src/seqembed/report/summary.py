@@ -241,7 +241,9 @@ def report_run(
     failure handler both end a run here, when no job runs any more. What cannot be written
     (a full disk) is printed instead: the user learns what failed and why either way."""
     try:
-        planned = json.loads(Path(layout.plan_json).read_text())["planned_load"]
+        plan = json.loads(Path(layout.plan_json).read_text())
+        # the table compares residues; a plan in a nucleotide model's tokens is not comparable
+        planned = plan["planned_load"] if plan.get("load_unit", "residues") == "residues" else None
     except (OSError, ValueError, KeyError):
         planned = None
     since = runstate.run_started(layout.state)

@@ -10,23 +10,38 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from seqembed.devices import DeviceError, resolve_pool
 from seqembed.fasta import fasta_stats
 from seqembed.output import write_json, write_text
 
-COLUMNS = ["name", "file", "bytes", "sequences", "residues", "longest", "device", "device_load"]
+COLUMNS = [
+    "name",
+    "file",
+    "bytes",
+    "sequences",
+    "residues",
+    "tokens",
+    "longest",
+    "device",
+    "device_load",
+]
 
 
-def make_plan(files: Mapping[str, str], pool: list[str]) -> tuple[list[dict], dict]:
+def make_plan(
+    files: Mapping[str, str], pool: list[str], count_tokens: Callable[[str], int] | None = None
+) -> tuple[list[dict], dict]:
     """Per file statistics plus a balanced assignment by residues (work grows with residues;
-    the file size in bytes would also count header text)."""
+    the file size in bytes would also count header text), or by tokens where a nucleotide
+    model's tokenizer packs several letters into one (`count_tokens`, seqembed.run.tokens)."""
     # imported here: every embed job imports this module for planned_device() alone
     from seqembed.run.assign import assign
 
     stats = {name: fasta_stats(path) for name, path in files.items()}
-    assignment = assign({name: s.residues for name, s in stats.items()}, pool)
+    tokens = {name: count_tokens(path) for name, path in files.items()} if count_tokens else {}
+    loads = tokens or {name: s.residues for name, s in stats.items()}
+    assignment = assign(loads, pool)
     rows = [
         {
             "name": name,
@@ -34,6 +49,7 @@ def make_plan(files: Mapping[str, str], pool: list[str]) -> tuple[list[dict], di
             "bytes": s.bytes,
             "sequences": s.sequences,
             "residues": s.residues,
+            "tokens": tokens.get(name, ""),
             "longest": s.longest,
             "device": assignment.device_of[name],
             "device_load": assignment.loads[assignment.device_of[name]],
@@ -48,6 +64,8 @@ def make_plan(files: Mapping[str, str], pool: list[str]) -> tuple[list[dict], di
         "lower_bound": assignment.lower_bound,
         "lpt_makespan": assignment.lpt_makespan,
         "method": assignment.method,
+        # what planned_load counts: residues, or a nucleotide model's tokens
+        "load_unit": "tokens" if tokens else "residues",
     }
     return rows, overview
 
