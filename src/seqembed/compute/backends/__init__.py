@@ -57,6 +57,27 @@ def alphabet_for(model: str, model_cache: str | None = None) -> frozenset[str]:
     return PROTEIN_ALPHABET if is_protein_model(model, model_cache) else DNA_ALPHABET
 
 
+def select_outputs(representations: dict, layers: list[int], include, pooled_over, longest: int):
+    """kind -> layer -> values from each layer's [B, T, D] representations, as fair-esm's
+    extraction names the kinds: `mean` over the `pooled_over` positions [B, T] and `bos`
+    (position 0), float32 [B, D]; `per_tok`, positions 1..longest in the model's precision
+    (rows past a sequence's end are padding; the caller cuts them)."""
+    import torch
+
+    results: dict[str, dict] = {}
+    if "mean" in include:
+        weights = pooled_over.float() / pooled_over.sum(1).clamp(min=1)[:, None]
+        results["mean"] = {
+            layer: torch.einsum("bt,btd->bd", weights, representations[layer].float())
+            for layer in layers
+        }
+    if "bos" in include:
+        results["bos"] = {layer: representations[layer][:, 0].float() for layer in layers}
+    if "per_tok" in include:
+        results["per_tok"] = {layer: representations[layer][:, 1 : longest + 1] for layer in layers}
+    return results
+
+
 def letter_table(token_of, unknown: int):
     """Residue letter -> token id as a 256-entry lookup table: one gather per batch instead of
     a tokenizer's per-letter work, which costs a fifth of the time of a small model."""

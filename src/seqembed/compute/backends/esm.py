@@ -19,6 +19,7 @@ from seqembed.compute.backends import (
     letter_tokens,
     resolve_layers,
     resolve_precision,
+    select_outputs,
 )
 from seqembed.compute.backends.attention import use_fused_attention
 from seqembed.compute.models import cached_checkpoint, is_checkpoint_path
@@ -225,27 +226,13 @@ class EsmBackend:
         tokens = tokens.to(self.device, non_blocking=True)
         lengths = lengths.to(self.device, non_blocking=True)
         out = self.network(tokens, repr_layers=layers, return_contacts=False)
-        representations = out["representations"]
-        results: dict[str, dict[int, torch.Tensor]] = {}
-        if "mean" in include:
-            positions = torch.arange(tokens.shape[1], device=self.device)
-            # residues sit at positions 1..length: BOS at 0, EOS at length + 1, padding after
-            first, last = (1, lengths) if self.pooling == "residues" else (0, lengths + 1)
-            pooled_over = (positions[None, :] >= first) & (positions[None, :] <= last[:, None])
-            weights = pooled_over.float() / pooled_over.sum(1).clamp(min=1)[:, None]
-            results["mean"] = {
-                layer: torch.einsum("bt,btd->bd", weights, representations[layer].float())
-                for layer in layers
-            }
-        if "bos" in include:
-            results["bos"] = {layer: representations[layer][:, 0].float() for layer in layers}
-        if "per_tok" in include:
-            # tokens are padded to the longest row: BOS, its residues, EOS
-            longest = tokens.shape[1] - self.extra_tokens
-            results["per_tok"] = {
-                layer: representations[layer][:, 1 : longest + 1] for layer in layers
-            }
-        return results
+        positions = torch.arange(tokens.shape[1], device=self.device)
+        # residues sit at positions 1..length: BOS at 0, EOS at length + 1, padding after
+        first, last = (1, lengths) if self.pooling == "residues" else (0, lengths + 1)
+        pooled_over = (positions[None, :] >= first) & (positions[None, :] <= last[:, None])
+        # tokens are padded to the longest row: BOS, its residues, EOS
+        longest = tokens.shape[1] - self.extra_tokens
+        return select_outputs(out["representations"], layers, include, pooled_over, longest)
 
     def embed(self, sequences: list[str], layers: list[int]) -> dict[int, torch.Tensor]:
         """Mean embeddings of a few sequences, on the CPU (tests and benchmarks)."""

@@ -24,6 +24,7 @@ from seqembed.compute.backends import (
     letter_tokens,
     resolve_layers,
     resolve_precision,
+    select_outputs,
 )
 from seqembed.compute.hf_models import (
     DNA_ALPHABET,
@@ -225,24 +226,11 @@ class HfBackend:
     def forward(self, prepared, layers: list[int], include=("mean",)):
         """kind -> layer -> values, as EsmBackend.forward."""
         tokens, attention, pooled_over = (t.to(self.device, non_blocking=True) for t in prepared)
+        if "per_tok" in include and not self.protein:
+            raise ModelError(f"{self.name}: per_tok is written for protein models only")
         representations = self._representations(tokens, attention, layers)
-        results: dict[str, dict[int, torch.Tensor]] = {}
-        if "mean" in include:
-            weights = pooled_over.float() / pooled_over.sum(1).clamp(min=1)[:, None]
-            results["mean"] = {
-                layer: torch.einsum("bt,btd->bd", weights, representations[layer].float())
-                for layer in layers
-            }
-        if "bos" in include:
-            results["bos"] = {layer: representations[layer][:, 0].float() for layer in layers}
-        if "per_tok" in include:
-            if not self.protein:
-                raise ModelError(f"{self.name}: per_tok is written for protein models only")
-            longest = tokens.shape[1] - self.extra_tokens
-            results["per_tok"] = {
-                layer: representations[layer][:, 1 : longest + 1] for layer in layers
-            }
-        return results
+        longest = tokens.shape[1] - self.extra_tokens
+        return select_outputs(representations, layers, include, pooled_over, longest)
 
     def embed(self, sequences: list[str], layers: list[int]) -> dict[int, torch.Tensor]:
         pooled = self.forward(self.prepare(sequences), layers)["mean"]
