@@ -67,13 +67,19 @@ def lines(path: str | os.PathLike) -> Iterator[bytes]:
     gzip stream line by line costs more than decompressing it."""
     try:
         with open_input(path) as stream:
-            carry = b""
+            # the unfinished last line, in pieces: an unwrapped chromosome is one line of
+            # hundreds of MB, and joining it anew for every chunk would be quadratic
+            partial: list[bytes] = []
             while chunk := stream.read(CHUNK):
-                split = (carry + chunk).split(b"\n")
-                carry = split.pop()
+                split = chunk.split(b"\n")
+                if len(split) == 1:
+                    partial.append(chunk)
+                    continue
+                split[0] = b"".join([*partial, split[0]])
+                partial = [split.pop()]
                 yield from split
-            if carry:
-                yield carry
+            if partial and (rest := b"".join(partial)):
+                yield rest
     except (EOFError, zlib.error, IsalError, gzip.BadGzipFile) as error:
         reason = str(error) or type(error).__name__
         if isinstance(error, EOFError):

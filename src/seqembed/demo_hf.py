@@ -87,13 +87,25 @@ def convert_esm2_checkpoint(checkpoint: str | Path, folder: str | Path) -> Path:
 
 
 MODELING = '''"""A DNA model with its own code, as DNABERT-S ships it: loaded only with
-trust_remote_code, and returning DNABERT-2's tuple (hidden states, pooled)."""
+trust_remote_code, importing einops, binding a Triton flash-attention kernel that fails on
+current Triton whenever it is not None (as DNABERT-2's bert_layers.py does), and returning
+DNABERT-2's tuple (hidden states, pooled)."""
 
+import einops  # noqa: F401
 from transformers import BertModel
+
+
+def _triton_kernel(*args, **kwargs):
+    raise TypeError("dot() got an unexpected keyword argument 'trans_b'")
+
+
+flash_attn_qkvpacked_func = _triton_kernel
 
 
 class TinyDnaModel(BertModel):
     def forward(self, input_ids, attention_mask=None, **kwargs):
+        if flash_attn_qkvpacked_func is not None:
+            flash_attn_qkvpacked_func()
         output = super().forward(input_ids=input_ids, attention_mask=attention_mask)
         return (output.last_hidden_state, output.pooler_output)
 '''

@@ -148,3 +148,25 @@ def test_output_dir_that_cannot_be_written(tmp_path):
     blocker.write_text("")
     with pytest.raises(ConfigError, match="cannot be written: Not a directory"):
         check_writable(str(blocker / "results"))
+
+
+def test_output_settings_leave_later_keys_out_at_their_old_values():
+    # outputs made before include/store_float16/pooling existed stay up to date after an
+    # upgrade; a list's order is not a different setting
+    from seqembed.run.config import output_settings
+
+    config = validate_config({}, SCHEMA)
+    assert output_settings(config, "fp32") == {
+        "model": "esm2_t33_650M_UR50D",
+        "layers": "last",
+        "truncation": 1022,
+        "precision": "fp32",
+        "output_layout": "default",
+    }
+    one = output_settings(validate_config({"include": ["per_tok", "mean"]}, SCHEMA), "fp32")
+    other = output_settings(validate_config({"include": "mean,per_tok"}, SCHEMA), "fp32")
+    assert one == other and one["include"] == ["mean", "per_tok"]
+    assert (
+        output_settings(validate_config({"pooling": "all_tokens"}, SCHEMA), "fp32")["pooling"]
+        == "all_tokens"
+    )

@@ -12,10 +12,11 @@ from transformers import AutoModel, AutoTokenizer
 
 from seqembed.compute.backends import DNA_ALPHABET, PROTEIN_ALPHABET, alphabet_for, load_backend
 from seqembed.compute.backends.esm import EsmBackend
+from seqembed.compute.backends.hf import without_triton_kernels
 from seqembed.compute.batch_loop import embed_all
 from seqembed.compute.batching import fixed_budget
 from seqembed.demo import random_protein
-from seqembed.demo_hf import random_dna
+from seqembed.demo_hf import random_dna, write_tiny_dna_model
 from seqembed.errors import InputError, ModelError
 from seqembed.fasta import FastaRecords, read_fasta
 
@@ -55,6 +56,7 @@ def direct(folder, sequences, trust=False, residues_only=False):
     """transformers called directly, one sequence at a time, no padding."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
     network = AutoModel.from_pretrained(folder, trust_remote_code=trust).eval()
+    without_triton_kernels(network)  # what every user of DNABERT-2's code does by hand
     rows = []
     with torch.no_grad():
         for sequence in sequences:
@@ -116,6 +118,27 @@ def test_model_code_runs_only_when_trusted(dna_remote):
     assert "ships its own code (modeling_tinydna.TinyDnaModel): set trust_remote_code" in str(
         error.value
     )
+    backend = load_backend(
+        str(dna_remote), device="cpu", precision="fp32", truncation=1022, trust_remote_code=True
+    )
+    # DNABERT-2's code unpads inside its encoder: only its output is in transformers' form
+    with pytest.raises(ModelError, match="only the last layer \\(2\\) can be read"):
+        backend.resolve_layers([1, 2])
+    assert backend.resolve_layers("last") == [2]
+
+
+def test_the_failing_triton_kernel_of_dnabert_code_is_not_called(tmp_path):
+    # a folder of its own name: transformers keeps a model's code module by the folder's name,
+    # and the other tests' loads have already cleared the kernel in theirs
+    dna_remote = write_tiny_dna_model(tmp_path / "kernel-check", remote_code=True)
+    network = AutoModel.from_pretrained(dna_remote, trust_remote_code=True).eval()
+    tokens = AutoTokenizer.from_pretrained(dna_remote)("ACGTACGT", return_tensors="pt")
+    with pytest.raises(TypeError, match="trans_b"):
+        network(tokens["input_ids"])
+    backend = load_backend(
+        str(dna_remote), device="cpu", precision="fp32", truncation=1022, trust_remote_code=True
+    )
+    assert backend.embed(["ACGTACGT"], [2])[2].shape == (1, 32)
 
 
 def cached_hub(folder, cache, repo="tiny-org/tiny-esm2"):

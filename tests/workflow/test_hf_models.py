@@ -24,6 +24,7 @@ from helpers import (
 from reference import reference_embeddings
 from transformers import AutoModel, AutoTokenizer
 
+from seqembed.compute.backends.hf import without_triton_kernels
 from seqembed.demo import random_protein
 from seqembed.demo_hf import random_dna
 
@@ -96,6 +97,7 @@ def test_virnucpro_pairs_dnabert_s_and_esm_features_by_id(tmp_path, dna_remote, 
     # token, special tokens included), and fair-esm's forward pass
     tokenizer = AutoTokenizer.from_pretrained(dna_remote)
     network = AutoModel.from_pretrained(dna_remote, trust_remote_code=True).eval()
+    without_triton_kernels(network)  # as every user of DNABERT-2's code does by hand
     sequences = {}
     for line in (workdir / "reads" / "sample.fna").read_text().split(">")[1:]:
         name, sequence = line.split("\n", 1)
@@ -154,6 +156,8 @@ def done_tokens(workdir, name) -> int:
         ("trust", "ships its own code (modeling_tinydna.TinyDnaModel): set trust_remote_code"),
         ("per_tok", "config key 'include': per_tok is written for protein models"),
         ("hub", "model tiny-org/tiny-dna is not in the Hugging Face cache "),
+        ("imports", "imports not_installed_here, not installed here: pip install not_installed"),
+        ("layers", "config key 'layers': only the last layer (2) of "),
     ],
 )
 def test_a_bad_model_folder_stops_the_run_in_one_line(tmp_path, dna_remote, damage, message):
@@ -168,6 +172,11 @@ def test_a_bad_model_folder_stops_the_run_in_one_line(tmp_path, dna_remote, dama
         settings = {}
     elif damage == "per_tok":
         settings["include"] = ["mean", "per_tok"]
+    elif damage == "imports":
+        with open(folder / "modeling_tinydna.py", "a") as code:
+            code.write("\nimport not_installed_here\n")
+    elif damage == "layers":
+        settings["layers"] = [1, 2]
     model = str(folder)
     if damage == "hub":  # a hub id, and a cache that does not hold it
         model, settings["model_cache"] = "tiny-org/tiny-dna", str(tmp_path / "hub")

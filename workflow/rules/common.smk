@@ -2,6 +2,7 @@ import os
 
 from seqembed.compute.backends import resolve_precision
 from seqembed.devices import gpu_pool
+from seqembed.run.config import output_settings
 
 ENV = "../../envs/seqembed.yaml"
 
@@ -14,19 +15,9 @@ ON_GPU = config["device"] == "cuda" or (
 # what precision auto means here: the numbers differ between fp16 and fp32, so the resolved
 # value is what makes an embedding stale, not the word "auto"
 PRECISION = resolve_precision(config["precision"], "cuda" if ON_GPU else "cpu")
-# exactly the settings that change the numbers: editing one reruns every file (they are the
-# embed rule's params, output_format also names the file); gpus, toks_per_batch, worker and verbosity never make a file stale
-OUTPUT_SETTINGS = {
-    "model": config["model"],
-    "layers": config["layers"],
-    "truncation": config["truncation"],
-    "precision": PRECISION,
-    "output_layout": config["output_layout"],
-    "include": config["include"],
-    "output_format": config["output_format"],
-    "store_float16": config["store_float16"],
-    "pooling": config["pooling"],
-}
+# exactly the settings that change the outputs: editing one reruns every file (they are the
+# embed rule's params); gpus, toks_per_batch, worker and verbosity never make a file stale
+OUTPUT_SETTINGS = output_settings(config, PRECISION)
 
 
 def embed_threads(wildcards):

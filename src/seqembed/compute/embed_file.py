@@ -82,7 +82,7 @@ def embed_file(
         "molecule": "dna" if backend.alphabet == DNA_ALPHABET else "protein",
     }
     include = request.get("include", ["mean"])
-    writer = open_writer(request, layers, backend.embed_dim, meta)
+    writer = open_writer(request, layers, backend.embed_dim, meta)  # cleans up after itself
     last_progress = [0.0]
 
     def advanced(done: int) -> None:

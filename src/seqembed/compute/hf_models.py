@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from seqembed.errors import ModelError
+from seqembed.errors import ModelError, ReadError
 
 #: nucleotide models: upper-cased A, C, G, T and N, nothing else
 DNA_ALPHABET = frozenset("ACGTN")
@@ -55,33 +55,74 @@ def model_folder(model: str, model_cache: str | None = None) -> Path:
 
     try:
         return Path(snapshot_download(model, cache_dir=str(cache), local_files_only=True))
-    except (LocalEntryNotFoundError, OSError, ValueError):
+    except OSError as error:
+        if not isinstance(error, LocalEntryNotFoundError) and error.errno:
+            # a shared cache that failed to answer once (permissions, a dropped mount)
+            raise ReadError(f"cannot read the Hugging Face cache {cache}: {error}") from None
         raise ModelError(
             f"model {model} is not in the Hugging Face cache {cache}, and jobs never download: "
             f"fill it where there is internet with `hf download {model}` (HF_HUB_CACHE={cache}), "
             "or set model to a local model folder"
         ) from None
+    except ValueError:
+        raise ModelError(f"model {model}: not a hub id the Hugging Face cache can hold") from None
 
 
 def model_config(folder: Path) -> dict:
+    path = folder / "config.json"
     try:
-        return json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as error:
-        reason = getattr(error, "strerror", None) or str(error)
-        raise ModelError(f"{folder}/config.json cannot be read: {reason}") from None
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{path} is missing: not a Hugging Face model folder") from None
+    except OSError as error:
+        raise ReadError(f"cannot read {path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise ModelError(f"{path} is not valid JSON: {error}") from None
+
+
+#: amino acids a nucleotide vocabulary never holds as tokens of their own
+PROTEIN_ONLY_LETTERS = frozenset("LWKEFQ")
+
+
+def vocabulary(folder: Path) -> set[str]:
+    """The tokenizer's tokens, from vocab.txt or tokenizer.json (empty if neither reads)."""
+    try:
+        if (folder / "vocab.txt").is_file():
+            return set((folder / "vocab.txt").read_text().split())
+        if (folder / "tokenizer.json").is_file():
+            return set(json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return set()
+
+
+def is_protein_folder(folder: Path, config: dict) -> bool:
+    """An ESM-2: model type esm with amino acids for tokens. InstaDeep's Nucleotide
+    Transformers are model type esm too, with k-mers of ACGTN for tokens."""
+    return config.get("model_type") == "esm" and PROTEIN_ONLY_LETTERS <= vocabulary(folder)
 
 
 def is_protein_model(model: str, model_cache: str | None = None) -> bool:
-    """ESM models read protein; every other Hugging Face model here reads nucleotides."""
+    """fair-esm's models and ESM-2 folders read protein; other Hugging Face models here read
+    nucleotides."""
     if not is_hf_model(model):
         return True
-    return model_config(model_folder(model, model_cache)).get("model_type") == "esm"
+    folder = model_folder(model, model_cache)
+    return is_protein_folder(folder, model_config(folder))
 
 
 def remote_code(config: dict) -> str | None:
     """The model's own code that transformers would run (config.json's auto_map), if any."""
     auto_map = config.get("auto_map") or {}
     return auto_map.get("AutoModel") or auto_map.get("AutoModelForMaskedLM")
+
+
+def code_files(config: dict) -> list[str]:
+    """The files of the model's own code in its folder: `module.Class` names module.py, and
+    `owner/repo--module.Class` (a model derived from another's code) the same module."""
+    auto_map = config.get("auto_map") or {}
+    references = [value for value in auto_map.values() if isinstance(value, str)]
+    return sorted({f"{ref.split('--')[-1].rsplit('.', 1)[0]}.py" for ref in references})
 
 
 def offline() -> None:

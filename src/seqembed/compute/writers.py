@@ -143,9 +143,13 @@ class H5Writer(OutputWriter):
         self.offsets = offsets
         try:
             self.temporary = temporary_path(self.path)
-            self.file = h5py.File(self.temporary, "w")
+            # no HDF5 file locking: the temporary is this writer's alone, and some cluster
+            # filesystems (NFS, Lustre without flock) refuse the lock
+            self.file = h5py.File(self.temporary, "w", locking=False)
             self.file.create_dataset("ids", data=self.ids, dtype=h5py.string_dtype("utf-8"))
             for key, value in meta.items():
+                if isinstance(value, str):  # a path with undecodable bytes stays readable
+                    value = value.encode("utf-8", "backslashreplace").decode()
                 self.file.attrs[key] = value
             self.file.attrs["layers"] = layers
             self.file.attrs["include"] = self.include
@@ -157,9 +161,11 @@ class H5Writer(OutputWriter):
                         shape=(offsets[-1], embed_dim),
                         dtype=str(self.residue_dtype).removeprefix("torch."),
                     )
-        except OSError as error:
+        except BaseException as error:
             self.discard()
-            raise output_error(self.path, error) from None
+            if isinstance(error, OSError):
+                raise output_error(self.path, error) from None
+            raise
 
     def residues(self, positions: list[list[int]], lengths: list[int], by_layer: dict) -> None:
         try:

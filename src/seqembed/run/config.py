@@ -96,6 +96,30 @@ def _check_virnucpro(checked: dict) -> None:
         )
 
 
+#: settings added after outputs already existed, with the value those outputs were made with:
+#: at that value they are left out of the embed rule's params, so upgrading seqembed does not
+#: make every finished embedding stale
+LATER_SETTINGS = {"include": ["mean"], "store_float16": [], "pooling": "auto"}
+
+
+def output_settings(config: dict, precision: str) -> dict:
+    """Exactly the settings that change an embedding (the embed rule's params: editing one
+    reruns every file). `precision` as resolved: auto means bf16 or fp32 by device. Lists
+    whose order means nothing are sorted; output_format is not here, it names the file."""
+    settings = {
+        "model": config["model"],
+        "layers": config["layers"],
+        "truncation": config["truncation"],
+        "precision": precision,
+        "output_layout": config["output_layout"],
+    }
+    for key, default in LATER_SETTINGS.items():
+        value = sorted(config[key]) if isinstance(config[key], list) else config[key]
+        if value != default:
+            settings[key] = value
+    return settings
+
+
 def check_writable(output_dir: str) -> None:
     """Create output_dir if needed and write a probe file there: a folder that cannot be
     written stops the run before anything starts, not after hours of computing."""

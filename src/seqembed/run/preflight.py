@@ -148,18 +148,44 @@ HF_WEIGHTS = (
 HF_TOKENIZER = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json")
 
 
+def check_model_code(folder: Path, settings: dict) -> None:
+    """The model's own code is there, and what it imports is installed (DNABERT-2's code
+    imports einops): otherwise every job would fail loading it."""
+    import importlib.util
+
+    from transformers.dynamic_module_utils import get_imports
+
+    from seqembed.compute.hf_models import code_files
+
+    for name in code_files(settings):
+        path = folder / name
+        if not path.is_file():
+            raise PreflightError(f"model folder {folder} names its code {name}, which is missing")
+        missing = [
+            package
+            for package in get_imports(path)
+            if not (folder / f"{package}.py").is_file()
+            and importlib.util.find_spec(package) is None
+        ]
+        if missing:
+            raise PreflightError(
+                f"model code {path} imports {', '.join(missing)}, not installed here: "
+                f"pip install {' '.join(missing)}"
+            )
+
+
 def check_hf_model(config: dict) -> str:
     """A Hugging Face folder (or cached hub id) with a config, weights and a tokenizer, its own
     code allowed if it has some, the requested layers within its depth, and outputs it can
     give; read from the files alone (no weights loaded). Returns the folder."""
     from seqembed.compute.hf_models import model_config, model_folder, remote_code
-    from seqembed.errors import ModelError
+    from seqembed.errors import ModelError, ReadError
 
     model = config["model"]
     try:
         folder = model_folder(model, config["model_cache"])
         settings = model_config(folder)
-    except ModelError as error:
+    except (ModelError, ReadError) as error:
         raise PreflightError(str(error)) from None
     if not any((folder / name).is_file() for name in HF_WEIGHTS):
         raise PreflightError(f"model folder {folder} has no weights ({', '.join(HF_WEIGHTS)})")
@@ -171,16 +197,21 @@ def check_hf_model(config: dict) -> str:
             f"model {model} ships its own code ({own_code}): set trust_remote_code: true to run "
             "it (only for models whose code you trust)"
         )
-    if own_code and not (folder / f"{own_code.split('.')[0]}.py").is_file():
-        raise PreflightError(f"model folder {folder} names its code {own_code}, which is missing")
+    if own_code:
+        check_model_code(folder, settings)
     depth = settings.get("num_hidden_layers")
     if depth is not None:
         from seqembed.compute.backends import resolve_layers
 
         try:
-            resolve_layers(config["layers"], depth, model)
+            layers = resolve_layers(config["layers"], depth, model)
         except ModelError as error:
             raise PreflightError(f"config key 'layers': {error}") from None
+        if own_code and layers != [depth]:
+            raise PreflightError(
+                f"config key 'layers': only the last layer ({depth}) of {model} can be read: "
+                "its own code does not keep its layers' outputs in transformers' form"
+            )
     if settings.get("model_type") != "esm" and "per_tok" in config["include"]:
         raise PreflightError(
             f"config key 'include': per_tok is written for protein models; {model} is a "

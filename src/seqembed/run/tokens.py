@@ -37,7 +37,7 @@ def token_counter(config: dict) -> Callable[[str], int] | None:
     """path -> tokens of the whole file (special tokens included, sequences cut at the
     truncation), for a Hugging Face nucleotide model with a tokenizer.json; None otherwise."""
     from seqembed.compute.hf_models import is_hf_model, model_config, model_folder
-    from seqembed.errors import ModelError
+    from seqembed.errors import ModelError, ReadError
 
     model = config["model"]
     if not is_hf_model(model):
@@ -46,8 +46,8 @@ def token_counter(config: dict) -> Callable[[str], int] | None:
         folder = model_folder(model, config["model_cache"])
         if model_config(folder).get("model_type") == "esm":
             return None
-    except ModelError:
-        return None
+    except (ModelError, ReadError):
+        return None  # the pre-flight and the jobs say what is wrong
     if not (folder / "tokenizer.json").is_file():
         return None
     from tokenizers import Tokenizer

@@ -128,6 +128,23 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+def torch_dtype(precision: str, device: str):
+    """The dtype a backend computes in: resolve_precision's choice, with bf16 under `auto`
+    falling back to fp16 on GPUs without bf16 tensor cores (pre-Ampere: V100, T4)."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+        resolve_precision(precision, device)
+    ]
+    if (
+        precision == "auto"
+        and dtype == torch.bfloat16
+        and not torch.cuda.is_bf16_supported(including_emulation=False)
+    ):
+        dtype = torch.float16
+    return dtype
+
+
 def load_backend(
     model: str,
     *,

@@ -18,16 +18,14 @@ from seqembed.compute.backends import (
     letter_table,
     letter_tokens,
     resolve_layers,
-    resolve_precision,
     select_outputs,
+    torch_dtype,
 )
 from seqembed.compute.backends.attention import use_fused_attention
 from seqembed.compute.models import cached_checkpoint, is_checkpoint_path
 from seqembed.errors import ReadError
 
 __all__ = ["PROTEIN_ALPHABET", "EsmBackend", "load_esm", "read_checkpoint"]
-
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 # the prefixes of the released checkpoints' keys, as fair-esm's loader strips them
@@ -177,13 +175,7 @@ class EsmBackend:
         model_cache: str | None = None,
         pooling: str = "auto",
     ) -> EsmBackend:
-        dtype = PRECISIONS[resolve_precision(precision, device)]
-        if (
-            precision == "auto"
-            and dtype == torch.bfloat16
-            and not torch.cuda.is_bf16_supported(including_emulation=False)
-        ):
-            dtype = torch.float16  # pre-Ampere GPU: no bf16 tensor cores
+        dtype = torch_dtype(precision, device)
         network, alphabet, name = load_esm(model, device, dtype, model_cache)
         use_fused_attention(network)
         return cls(network, alphabet, name, device, dtype, truncation, pooling)

@@ -23,11 +23,12 @@ from seqembed.compute.backends import (
     letter_table,
     letter_tokens,
     resolve_layers,
-    resolve_precision,
     select_outputs,
+    torch_dtype,
 )
 from seqembed.compute.hf_models import (
     DNA_ALPHABET,
+    is_protein_folder,
     model_config,
     model_folder,
     offline,
@@ -35,7 +36,8 @@ from seqembed.compute.hf_models import (
 )
 from seqembed.errors import ReadError
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: sequences tokenised at once when counting a file's tokens
+TOKENIZE_CHUNK = 1024
 
 
 def _first(output):
@@ -48,6 +50,19 @@ def _blocks(network) -> list:
     encoder = getattr(network, "encoder", None)
     blocks = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
     return list(blocks) if blocks is not None else []
+
+
+def without_triton_kernels(network) -> None:
+    """DNABERT-2/-S's own code calls a Triton flash-attention kernel whenever Triton imports
+    (it does beside every CUDA build of torch), and that kernel fails on current Triton
+    (`dot() got an unexpected keyword argument 'trans_b'`, MAGICS-LAB/DNABERT_S#19). Its code
+    falls back to plain PyTorch attention when the kernel is None: make it so."""
+    import sys
+
+    for module_name in {type(module).__module__ for module in network.modules()}:
+        module = sys.modules.get(module_name)
+        if getattr(module, "flash_attn_qkvpacked_func", None) is not None:
+            module.flash_attn_qkvpacked_func = None
 
 
 def load_network(model: str, model_cache, dtype, trust_remote_code: bool):
@@ -89,6 +104,8 @@ def load_network(model: str, model_cache, dtype, trust_remote_code: bool):
         raise ModelError(
             f"cannot load model '{model}' from {folder}: {type(error).__name__}: {first_line}"
         ) from error
+    if own_code:
+        without_triton_kernels(network)
     return tokenizer, network, config, folder
 
 
@@ -100,7 +117,7 @@ class HfBackend:
         self.device = torch.device(device)
         self.dtype = dtype
         self.truncation = options["truncation"]
-        self.protein = config.get("model_type") == "esm"
+        self.protein = options["protein"]
         self.alphabet = PROTEIN_ALPHABET if self.protein else DNA_ALPHABET
         pooling = options.get("pooling", "auto")
         self.pooling = (
@@ -112,11 +129,15 @@ class HfBackend:
         self.attention_heads = settings.num_attention_heads
         self.blocks = _blocks(network)
         self.embeddings = getattr(network, "embeddings", None)
-        # the most tokens the model's positions allow (rotary and ALiBi models: no limit)
+        # the most tokens the model's positions allow (rotary and ALiBi models, DNABERT-2/-S
+        # among them: no limit); longer ones are cut there, as the model would fail on them
         limit = getattr(settings, "max_position_embeddings", None)
-        if config.get("position_embedding_type") == "rotary" or not limit:
-            limit = None
-        self.max_tokens = limit
+        unlimited = config.get("position_embedding_type") in ("rotary", "alibi") or (
+            "alibi_starting_size" in config
+        )
+        self.max_tokens = None if unlimited or not limit else limit
+        #: the model's own code: its blocks may not keep [B, T, D] (DNABERT-2 removes padding)
+        self.own_code = bool(remote_code(config))
         if self.protein:
             self.extra_tokens = 2
             vocabulary = tokenizer.get_vocab()
@@ -138,7 +159,7 @@ class HfBackend:
         trust_remote_code: bool = False,
         pooling: str = "auto",
     ) -> HfBackend:
-        dtype = PRECISIONS[resolve_precision(precision, device)]
+        dtype = torch_dtype(precision, device)
         tokenizer, network, config, folder = load_network(
             model, model_cache, dtype, trust_remote_code
         )
@@ -153,14 +174,17 @@ class HfBackend:
             dtype,
             truncation=truncation,
             pooling=pooling,
+            protein=is_protein_folder(folder, config),
         )
 
     def resolve_layers(self, layers) -> list[int]:
         layers = resolve_layers(layers, self.num_layers, self.name)
-        if any(layer < self.num_layers for layer in layers) and len(self.blocks) != self.num_layers:
+        if any(layer < self.num_layers for layer in layers) and (
+            self.own_code or len(self.blocks) != self.num_layers
+        ):
             raise ModelError(
-                f"{self.name}: only the last layer can be read (its code keeps no list of "
-                "layers transformers knows)"
+                f"{self.name}: only the last layer ({self.num_layers}) can be read: the model's "
+                "own code does not keep its layers' outputs in transformers' form"
             )
         return layers
 
@@ -169,8 +193,16 @@ class HfBackend:
         byte-pair tokenizer, its tokens (several letters each) plus its special tokens."""
         if self.protein:
             return [min(len(s), self.truncation) + 2 for s in sequences]
-        encoded = self._encode(sequences, padding=False)
-        return [len(ids) for ids in encoded["input_ids"]]
+        counts = []
+        for start in range(0, len(sequences), TOKENIZE_CHUNK):  # a file may hold millions
+            encoded = self.tokenizer(
+                [s[: self.truncation] for s in sequences[start : start + TOKENIZE_CHUNK]],
+                add_special_tokens=True,
+                truncation=self.max_tokens is not None,
+                max_length=self.max_tokens,
+            )
+            counts += [len(ids) for ids in encoded["input_ids"]]
+        return counts
 
     def _encode(self, sequences: list[str], **options):
         return self.tokenizer(
