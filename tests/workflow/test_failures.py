@@ -193,7 +193,12 @@ def test_three_runtime_failures_in_a_row_abort_the_run_and_stop_the_running_job(
     ]
     alpha = record(workdir, "alpha")
     declared = next(e for e in events(workdir) if e["kind"] == "abort")["time"]
-    assert alpha["status"] == "failed" and alpha["attempt"] == 1
+    assert alpha["status"] == "failed" and alpha["error_type"] == "Aborted"
+    # Snakemake and the jobs see the abort independently: on a loaded machine alpha's stop
+    # can reach Snakemake before the abort does, and Snakemake schedules its retry; that
+    # attempt repeats the verdict without a device or a model (seen once in CI)
+    later = [alpha, *alpha["previous_attempts"][1:]] if alpha["attempt"] > 1 else []
+    assert all(attempt["device"] is None for attempt in later), alpha
     assert alpha["finished"] - declared < 8  # within a batch or two; the file needs 16 s
     assert not (workdir / "results" / "embeddings" / "alpha.pt").exists()
     assert list((workdir / "results" / "embeddings").glob(".*.tmp")) == []

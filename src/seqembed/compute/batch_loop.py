@@ -159,6 +159,9 @@ def embed_all(
     sequences_done = 0
 
     def batches_of(indices: list[int], limit: Callable[[int], int]) -> list[Batch]:
+        # of sequences cut to the same tokens, the longest comes first (as before tokens
+        # were counted): a batch that cannot fit names the longest sequence
+        indices = sorted(indices, key=lambda i: (-tokens_of[i], -lengths[i], i))
         local = make_batches(
             [tokens_of[i] for i in indices], limit, extra_tokens=0, truncation=sys.maxsize
         )
