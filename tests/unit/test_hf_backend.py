@@ -2,6 +2,7 @@
 transformers equal to the fair-esm backend on the same weights, a byte-pair DNA model equal
 to transformers called directly one sequence at a time, and the ways a model folder fails."""
 
+import gzip
 import random
 import shutil
 
@@ -197,3 +198,32 @@ def test_all_tokens_pooling_in_both_backends_is_transformers_mean_over_every_tok
     assert (through_fair_esm - expected).abs().max().item() <= 1e-5
     residues = load_backend(str(tiny_model), device="cpu", precision="fp32", truncation=1022)
     assert (residues.embed(sequences, [3])[3] - expected).abs().max().item() > 1e-3
+
+
+def test_the_plan_counts_the_tokens_the_model_sees(dna_model, hf_esm, tiny_model, tmp_path):
+    from seqembed.run.tokens import token_counter
+
+    sequences = nucleotides()
+    path = tmp_path / "reads.fna.gz"
+    path.write_bytes(
+        gzip.compress("".join(f">r{i}\n{s}\n" for i, s in enumerate(sequences)).encode())
+    )
+    config = {"model": str(dna_model), "model_cache": None, "truncation": 1022}
+    backend = load_backend(str(dna_model), device="cpu", precision="fp32", truncation=1022)
+    assert token_counter(config)(str(path)) == sum(backend.token_counts(sequences))
+    # protein models: the plan counts residues
+    assert token_counter({**config, "model": str(hf_esm)}) is None
+    assert token_counter({**config, "model": str(tiny_model)}) is None
+
+
+def test_an_unreadable_model_folder_is_an_error_naming_it(tmp_path):
+    from seqembed.compute.hf_models import model_config
+    from seqembed.errors import ReadError
+
+    (tmp_path / "config.json").mkdir()  # read fails with an OS error (EISDIR): retried
+    with pytest.raises(ReadError, match="cannot read .*config.json"):
+        model_config(tmp_path)
+    (tmp_path / "config.json").rmdir()
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="config.json is not valid JSON"):
+        model_config(tmp_path)

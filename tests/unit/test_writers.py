@@ -149,3 +149,18 @@ def test_a_failure_mid_file_leaves_no_temporary(tmp_path, backend, sequences):
     with pytest.raises(RuntimeError):
         embed_file(backend, request(tmp_path, sequences, output_format="h5"), check_stop=stop)
     assert not stale_temporaries(tmp_path / "sample.h5")
+
+
+def test_a_writer_that_fails_while_opening_leaves_nothing(
+    tmp_path, backend, sequences, monkeypatch
+):
+    # any failure while the HDF5 file is set up (here a refused dataset), not only an OS error
+    import h5py
+
+    def refuse(*args, **kwargs):
+        raise ValueError("refused")
+
+    monkeypatch.setattr(h5py.File, "create_dataset", refuse)
+    with pytest.raises(ValueError, match="refused"):
+        embed_file(backend, request(tmp_path, sequences, output_format="h5"))
+    assert not stale_temporaries(tmp_path / "sample.h5")
