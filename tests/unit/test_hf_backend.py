@@ -227,3 +227,48 @@ def test_an_unreadable_model_folder_is_an_error_naming_it(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ModelError, match="config.json is not valid JSON"):
         model_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("trust", "ships its own code (modeling_tinydna.TinyDnaModel): set trust_remote_code"),
+        ("per_tok", "config key 'include': per_tok is written for protein models"),
+        ("imports", "imports not_installed_here, not installed here: pip install not_installed"),
+        ("layers", "config key 'layers': only the last layer (2) of "),
+        ("code", "names its code modeling_tinydna.py, which is missing"),
+    ],
+)
+def test_the_pre_flight_refuses_what_the_model_cannot_do(tmp_path, dna_remote, damage, message):
+    from conftest import REPO
+
+    from seqembed.run.config import validate_config
+    from seqembed.run.preflight import PreflightError, check_hf_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(dna_remote, folder)
+    settings = {"model": str(folder), "trust_remote_code": True}
+    if damage == "trust":
+        settings["trust_remote_code"] = False
+    elif damage == "per_tok":
+        settings["include"] = ["mean", "per_tok"]
+    elif damage == "imports":
+        with open(folder / "modeling_tinydna.py", "a") as code:
+            code.write("\nimport not_installed_here\n")
+    elif damage == "layers":
+        settings["layers"] = [1, 2]
+    else:
+        (folder / "modeling_tinydna.py").unlink()
+    config = validate_config(settings, REPO / "workflow/schemas/config.schema.yaml")
+    with pytest.raises(PreflightError) as error:
+        check_hf_model(config)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert check_hf_model(
+        {
+            **config,
+            **validate_config(
+                {"trust_remote_code": True}, REPO / "workflow/schemas/config.schema.yaml"
+            ),
+            "model": str(dna_remote),
+        }
+    ) == str(dna_remote)

@@ -153,32 +153,20 @@ def done_tokens(workdir, name) -> int:
     ("damage", "message"),
     [
         ("weights", "has no weights (model.safetensors"),
-        ("trust", "ships its own code (modeling_tinydna.TinyDnaModel): set trust_remote_code"),
-        ("per_tok", "config key 'include': per_tok is written for protein models"),
         ("hub", "model tiny-org/tiny-dna is not in the Hugging Face cache "),
-        ("imports", "imports not_installed_here, not installed here: pip install not_installed"),
-        ("layers", "config key 'layers': only the last layer (2) of "),
     ],
 )
 def test_a_bad_model_folder_stops_the_run_in_one_line(tmp_path, dna_remote, damage, message):
+    """In a real run; the pre-flight's other refusals: tests/unit/test_hf_backend.py."""
     workdir = tmp_path / "bad"
     paired_inputs(workdir / "reads", count=3)
     folder = tmp_path / "model"
     shutil.copytree(dna_remote, folder)
     settings = {"trust_remote_code": True}
+    model = str(folder)
     if damage == "weights":
         (folder / "model.safetensors").unlink()
-    elif damage == "trust":
-        settings = {}
-    elif damage == "per_tok":
-        settings["include"] = ["mean", "per_tok"]
-    elif damage == "imports":
-        with open(folder / "modeling_tinydna.py", "a") as code:
-            code.write("\nimport not_installed_here\n")
-    elif damage == "layers":
-        settings["layers"] = [1, 2]
-    model = str(folder)
-    if damage == "hub":  # a hub id, and a cache that does not hold it
+    else:  # a hub id, and a cache that does not hold it
         model, settings["model_cache"] = "tiny-org/tiny-dna", str(tmp_path / "hub")
     write_config(workdir, input_dir="reads", input_glob="*.fna", model=model, **settings)
     result = snakemake(workdir)
