@@ -263,12 +263,8 @@ def test_the_pre_flight_refuses_what_the_model_cannot_do(tmp_path, dna_remote, d
     with pytest.raises(PreflightError) as error:
         check_hf_model(config)
     assert message in str(error.value) and "\n" not in str(error.value)
-    assert check_hf_model(
-        {
-            **config,
-            **validate_config(
-                {"trust_remote_code": True}, REPO / "workflow/schemas/config.schema.yaml"
-            ),
-            "model": str(dna_remote),
-        }
-    ) == str(dna_remote)
+    good = validate_config(
+        {"model": str(dna_remote), "trust_remote_code": True},
+        REPO / "workflow/schemas/config.schema.yaml",
+    )
+    assert check_hf_model(good) == str(dna_remote)
