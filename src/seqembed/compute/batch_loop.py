@@ -34,8 +34,8 @@ DEVICE_FAILURE_WORDS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN er
 
 
 #: a batch's per-residue rows on the host: for each row the input positions it stands for
-#: (copies of one sequence included), its residue count, and layer -> [rows, longest, dim]
-ResidueSink = Callable[[list[list[int]], list[int], dict], None]
+#: (copies of one sequence included), and layer -> [rows, longest, dim]
+ResidueSink = Callable[[list[list[int]], dict], None]
 
 
 @dataclass
@@ -242,11 +242,7 @@ def embed_all(
                         0, index, embedded[kind][layer].to(gather_device)
                     )
             if "per_tok" in include and residues is not None:
-                residues(
-                    [positions_of[i] for i in batch.indices],
-                    [min(lengths[i], truncation) for i in batch.indices],
-                    embedded["per_tok"],
-                )
+                residues([positions_of[i] for i in batch.indices], embedded["per_tok"])
             del embedded
             result.batches += 1
             result.computed_tokens += batch.computed_tokens

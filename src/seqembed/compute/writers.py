@@ -8,6 +8,7 @@ Both take the same calls from the batch loop: `residues` for each batch's per-re
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -75,11 +76,11 @@ class PtWriter(OutputWriter):
             )
         self.rows: dict[int, list] = {layer: [None] * len(self.ids) for layer in layers}
 
-    def residues(self, positions: list[list[int]], lengths: list[int], by_layer: dict) -> None:
+    def residues(self, positions: list[list[int]], by_layer: dict) -> None:
         for layer, values in by_layer.items():
-            for row, (copies, length) in enumerate(zip(positions, lengths, strict=True)):
+            for row, copies in enumerate(positions):
                 # a copy: a view would keep the whole batch's storage alive and saved
-                kept = values[row, :length].clone()
+                kept = values[row, : self.lengths[copies[0]]].clone()
                 for position in copies:
                     self.rows[layer][position] = kept
 
@@ -137,10 +138,7 @@ class H5Writer(OutputWriter):
         super().__init__(request, layers, embed_dim, meta)
         import h5py
 
-        offsets = [0]
-        for length in self.lengths:
-            offsets.append(offsets[-1] + length)
-        self.offsets = offsets
+        self.offsets = offsets = [0, *itertools.accumulate(self.lengths)]
         try:
             self.temporary = temporary_path(self.path)
             # no HDF5 file locking: the temporary is this writer's alone, and some cluster
@@ -167,12 +165,13 @@ class H5Writer(OutputWriter):
                 raise output_error(self.path, error) from None
             raise
 
-    def residues(self, positions: list[list[int]], lengths: list[int], by_layer: dict) -> None:
+    def residues(self, positions: list[list[int]], by_layer: dict) -> None:
         try:
             for layer, values in by_layer.items():
                 dataset = self.file[f"per_tok/{layer}"]
                 array = values.numpy()
-                for row, (copies, length) in enumerate(zip(positions, lengths, strict=True)):
+                for row, copies in enumerate(positions):
+                    length = self.lengths[copies[0]]
                     for position in copies:
                         start = self.offsets[position]
                         dataset[start : start + length] = array[row, :length]

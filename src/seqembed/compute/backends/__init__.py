@@ -78,6 +78,27 @@ def select_outputs(representations: dict, layers: list[int], include, pooled_ove
     return results
 
 
+def letter_token_counts(sequences: list[str], truncation: int) -> list[int]:
+    """Tokens of ESM's batch per sequence: its residues cut at `truncation`, BOS and EOS."""
+    return [min(len(sequence), truncation) + 2 for sequence in sequences]
+
+
+def letter_pooling_mask(lengths, width: int, pooling: str):
+    """The positions of ESM's batch the mean is taken over: the residues (1..L), or with
+    `all_tokens` BOS and EOS too (0..L+1); on the device of `lengths`."""
+    import torch
+
+    positions = torch.arange(width, device=lengths.device)
+    first, last = (1, lengths) if pooling == "residues" else (0, lengths + 1)
+    return (positions[None, :] >= first) & (positions[None, :] <= last[:, None])
+
+
+def embed_on_host(backend, sequences: list[str], layers: list[int]) -> dict:
+    """Mean embeddings of a few sequences, on the CPU: a backend's `embed` (tests, benchmarks)."""
+    pooled = backend.forward(backend.prepare(sequences), layers)["mean"]
+    return {layer: values.cpu() for layer, values in pooled.items()}
+
+
 def letter_table(token_of, unknown: int):
     """Residue letter -> token id as a 256-entry lookup table: one gather per batch instead of
     a tokenizer's per-letter work, which costs a fifth of the time of a small model."""

@@ -15,7 +15,10 @@ from seqembed import faults
 from seqembed.compute.backends import (
     PROTEIN_ALPHABET,
     ModelError,
+    embed_on_host,
+    letter_pooling_mask,
     letter_table,
+    letter_token_counts,
     letter_tokens,
     resolve_layers,
     select_outputs,
@@ -197,7 +200,7 @@ class EsmBackend:
         )
 
     def token_counts(self, sequences: list[str]) -> list[int]:
-        return [min(len(sequence), self.truncation) + 2 for sequence in sequences]
+        return letter_token_counts(sequences, self.truncation)
 
     def prepare(self, sequences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, lengths = self.tokenize(sequences)
@@ -218,15 +221,10 @@ class EsmBackend:
         tokens = tokens.to(self.device, non_blocking=True)
         lengths = lengths.to(self.device, non_blocking=True)
         out = self.network(tokens, repr_layers=layers, return_contacts=False)
-        positions = torch.arange(tokens.shape[1], device=self.device)
-        # residues sit at positions 1..length: BOS at 0, EOS at length + 1, padding after
-        first, last = (1, lengths) if self.pooling == "residues" else (0, lengths + 1)
-        pooled_over = (positions[None, :] >= first) & (positions[None, :] <= last[:, None])
+        pooled_over = letter_pooling_mask(lengths, tokens.shape[1], self.pooling)
         # tokens are padded to the longest row: BOS, its residues, EOS
         longest = tokens.shape[1] - self.extra_tokens
         return select_outputs(out["representations"], layers, include, pooled_over, longest)
 
     def embed(self, sequences: list[str], layers: list[int]) -> dict[int, torch.Tensor]:
-        """Mean embeddings of a few sequences, on the CPU (tests and benchmarks)."""
-        pooled = self.forward(self.prepare(sequences), layers)["mean"]
-        return {layer: values.cpu() for layer, values in pooled.items()}
+        return embed_on_host(self, sequences, layers)

@@ -20,7 +20,10 @@ import torch
 from seqembed.compute.backends import (
     PROTEIN_ALPHABET,
     ModelError,
+    embed_on_host,
+    letter_pooling_mask,
     letter_table,
+    letter_token_counts,
     letter_tokens,
     resolve_layers,
     select_outputs,
@@ -192,25 +195,20 @@ class HfBackend:
         """What the model sees of each sequence: residues plus BOS/EOS for ESM; for a
         byte-pair tokenizer, its tokens (several letters each) plus its special tokens."""
         if self.protein:
-            return [min(len(s), self.truncation) + 2 for s in sequences]
+            return letter_token_counts(sequences, self.truncation)
         counts = []
         for start in range(0, len(sequences), TOKENIZE_CHUNK):  # a file may hold millions
-            encoded = self.tokenizer(
-                [s[: self.truncation] for s in sequences[start : start + TOKENIZE_CHUNK]],
-                add_special_tokens=True,
-                truncation=self.max_tokens is not None,
-                max_length=self.max_tokens,
-            )
+            encoded = self._encode(sequences[start : start + TOKENIZE_CHUNK])
             counts += [len(ids) for ids in encoded["input_ids"]]
         return counts
 
     def _encode(self, sequences: list[str], **options):
+        """The tokenizer's ids, sequences cut at the truncation and at the model's limit."""
         return self.tokenizer(
             [sequence[: self.truncation] for sequence in sequences],
             add_special_tokens=True,
             truncation=self.max_tokens is not None,
             max_length=self.max_tokens,
-            return_special_tokens_mask=True,
             **options,
         )
 
@@ -222,13 +220,14 @@ class HfBackend:
                 sequences, self.truncation, self._token_of, cls_id, eos_id, pad_id
             )
             attention = tokens != pad_id
-            positions = torch.arange(tokens.shape[1])
-            residues = (positions[None, :] >= 1) & (positions[None, :] <= lengths[:, None])
+            pooled_over = letter_pooling_mask(lengths, tokens.shape[1], self.pooling)
         else:
-            encoded = self._encode(sequences, padding=True, return_tensors="pt")
+            encoded = self._encode(
+                sequences, padding=True, return_tensors="pt", return_special_tokens_mask=True
+            )
             tokens, attention = encoded["input_ids"], encoded["attention_mask"].bool()
             residues = attention & ~encoded["special_tokens_mask"].bool()
-        pooled_over = residues if self.pooling == "residues" else attention
+            pooled_over = residues if self.pooling == "residues" else attention
         prepared = (tokens, attention.long(), pooled_over)
         if self.device.type == "cuda":
             prepared = tuple(tensor.pin_memory() for tensor in prepared)
@@ -265,5 +264,4 @@ class HfBackend:
         return select_outputs(representations, layers, include, pooled_over, longest)
 
     def embed(self, sequences: list[str], layers: list[int]) -> dict[int, torch.Tensor]:
-        pooled = self.forward(self.prepare(sequences), layers)["mean"]
-        return {layer: values.cpu() for layer, values in pooled.items()}
+        return embed_on_host(self, sequences, layers)
