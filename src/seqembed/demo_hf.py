@@ -38,7 +38,6 @@ RENAMES = [
 def convert_esm2_checkpoint(checkpoint: str | Path, folder: str | Path) -> Path:
     """The fair-esm ESM-2 `checkpoint` as a Hugging Face model folder (same weights)."""
     import esm
-    import torch
     from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer
 
     from seqembed.compute.backends.esm import CHECKPOINT_PREFIX, read_checkpoint
@@ -82,7 +81,6 @@ def convert_esm2_checkpoint(checkpoint: str | Path, folder: str | Path) -> Path:
     vocabulary = folder / "vocab.txt"
     vocabulary.write_text("\n".join(alphabet.all_toks) + "\n")
     EsmTokenizer(str(vocabulary)).save_pretrained(folder)
-    del torch
     return folder
 
 
