@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - the pinned environment has isal
     _gzip = gzip
     IsalError = zlib.error
 
-__all__ = ["CorruptInput", "GZIP_MAGIC", "compression_of", "lines", "open_input"]
+__all__ = ["CorruptInput", "GZIP_MAGIC", "compression_of", "lines", "lines_from", "open_input"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 #: other formats users meet, named in the error rather than read as binary garbage
@@ -62,15 +62,54 @@ def open_input(path: str | os.PathLike) -> IO[bytes]:
     return open(path, "rb")
 
 
-def lines(path: str | os.PathLike) -> Iterator[bytes]:
-    """The file's lines without their newline. Read in large chunks and split in C: reading a
-    gzip stream line by line costs more than decompressing it."""
+def _chunks(stream: IO[bytes], start: int, skipped: dict) -> Iterator[bytes]:
+    """The stream's content from the first line that begins at or after `start`; the lines
+    before it are only counted, at the speed of C, into `skipped` (lines, and bytes: where
+    the first chunk begins)."""
+    position = 0
+    while start > 0:
+        chunk = stream.read(CHUNK)
+        if not chunk:
+            return  # the content ends before `start`
+        # a line begins at `start` or later right after a newline at start - 1 or later
+        newline = chunk.find(b"\n", max(0, start - 1 - position))
+        if newline < 0:
+            skipped["lines"] += chunk.count(b"\n")
+            position += len(chunk)
+            continue
+        skipped["lines"] += chunk.count(b"\n", 0, newline) + 1
+        skipped["bytes"] = position + newline + 1
+        yield chunk[newline + 1 :]
+        break
+    while chunk := stream.read(CHUNK):
+        yield chunk
+
+
+def lines_from(path: str | os.PathLike, start: int = 0) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, offset in the content, line without its newline) of the lines that begin
+    at or after the content's byte `start`, numbered from the file's first line: a shard's
+    lines (seqembed.shards), named in errors as the whole file's lines."""
+    skipped = {"lines": 0, "bytes": 0}
+    number = offset = 0
+    for line in lines(path, start, skipped):
+        if not number:
+            number, offset = skipped["lines"] + 1, skipped["bytes"]
+        yield number, offset, line
+        number += 1
+        offset += len(line) + 1
+
+
+def lines(path: str | os.PathLike, start: int = 0, skipped: dict | None = None) -> Iterator[bytes]:
+    """The file's lines without their newline (from the first line beginning at or after the
+    content's byte `start`, the lines before it counted into `skipped`). Read in large chunks
+    and split in C: reading a gzip stream line by line costs more than decompressing it."""
     try:
         with open_input(path) as stream:
             # the unfinished last line, in pieces: an unwrapped chromosome is one line of
             # hundreds of MB, and joining it anew for every chunk would be quadratic
             partial: list[bytes] = []
-            while chunk := stream.read(CHUNK):
+            skipped = {"lines": 0, "bytes": 0} if skipped is None else skipped
+            for chunk in _chunks(stream, start, skipped):
                 split = chunk.split(b"\n")
                 if len(split) == 1:
                     partial.append(chunk)

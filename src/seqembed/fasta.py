@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from seqembed.compression import CorruptInput, lines
+from seqembed.compression import CorruptInput, lines, lines_from
 from seqembed.errors import InputError
 
 __all__ = ["FastaRecords", "FastaStats", "InputError", "fasta_stats", "read_fasta"]
@@ -66,8 +66,29 @@ def _header_text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
+def _section_lines(path, section: tuple[int, int | None]):
+    """(number, line) of the records whose header line begins in the content's bytes
+    [start, end) (seqembed.shards); from the first line when start is 0, so that text before
+    the first header is the first shard's to report."""
+    start, end = section
+    if section == (0, None):  # the whole file, as fast as it reads
+        yield from enumerate(lines(path), start=1)
+        return
+    inside = start == 0
+    for number, offset, raw in lines_from(path, start):
+        if raw.lstrip().startswith(b">"):
+            if end is not None and offset >= end:
+                return
+            inside = True
+        if inside:
+            yield number, raw
+
+
 def read_fasta(
-    path: str | os.PathLike, alphabet: Iterable[str], trailing_stop: bool = True
+    path: str | os.PathLike,
+    alphabet: Iterable[str],
+    trailing_stop: bool = True,
+    section: tuple[int, int | None] = (0, None),
 ) -> FastaRecords:
     """Read every record, checked before any model is loaded.
 
@@ -80,6 +101,7 @@ def read_fasta(
     `alphabet` (an internal `*` included: split reads at stops first), binary content.
     Each is an InputError naming the file, the line where the problem is, and the record.
     `trailing_stop` False (nucleotide files): a `*` is outside the alphabet anywhere.
+    `section`: only the records whose header begins in these bytes of the content (a shard).
     """
     allowed = frozenset(alphabet)
     ids: list[str] = []
@@ -104,7 +126,7 @@ def read_fasta(
         sequences.append(sequence)
 
     try:
-        for number, raw in enumerate(lines(path), start=1):
+        for number, raw in _section_lines(path, section):
             if number == 1 and raw.startswith(BOM):
                 raw = raw[len(BOM) :]
             if b"\x00" in raw:

@@ -15,6 +15,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from seqembed.shards import parse_size
+
 
 class ConfigError(Exception):
     """One line naming the offending key."""
@@ -68,6 +70,7 @@ def validate_config(config: dict, schema_path: str | os.PathLike) -> dict:
         hint = schema["properties"].get(str(error.absolute_path[0]), {}).get("description", "")
         raise ConfigError(f"config key '{key}': {error.message}" + (f" ({hint})" if hint else ""))
     checked["gpus"] = _normalize_gpus(checked["gpus"])
+    checked["shard_size"] = parse_size(checked["shard_size"])
     _check_virnucpro(checked)
     unasked = sorted(set(checked["store_float16"]) - set(checked["include"]))
     if unasked:
