@@ -24,6 +24,7 @@ from seqembed.run.config import (
     validate_config,
 )
 from seqembed.run.preflight import preflight_in_subprocess
+from seqembed.shards import idle_warning
 
 
 # the documented defaults travel with the workflow; --configfile / --config override them
@@ -63,6 +64,7 @@ rule all:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/plan.smk"
 include: "workflow/rules/embed.smk"
+include: "workflow/rules/gather.smk"
 include: "workflow/rules/summary.smk"
 
 
@@ -87,20 +89,25 @@ onstart:
     pool = []
     if workflow.local_exec:
         pool = resolve_pool(config["device"], config["gpus"], config["cpu_slots"])
-        warning = slots_warning(
-            workflow.global_resources.get("gpu").value,
-            workflow.global_resources.get("_cores").value,
-            pool,
-        )
-        if warning:
+        warnings = [
+            slots_warning(
+                workflow.global_resources.get("gpu").value,
+                workflow.global_resources.get("_cores").value,
+                pool,
+            ),
+            idle_warning(FILES, pool, config["shard_size"]),
+        ]
+        for warning in filter(None, warnings):
             print(f"seqembed: warning: {warning}", file=sys.stderr)
     view.attach(
         view.RunInfo(
             LAYOUT.state,
-            files_total=len(FILES),
+            # with shards the view counts jobs: a sharded file is as many as its shards
+            files_total=len(FILES) + sum(SHARDS.values()) - len(SHARDS),
             devices=tuple(pool),
             verbosity=config["verbosity"],
             local=workflow.local_exec,
+            unit="jobs" if SHARDS else "files",
         )
     )
 
@@ -110,4 +117,6 @@ onstart:
 # lets a workflow choose it; its locks are still released).
 onerror:
     view.detach()
-    sys.exit(exit_code_after_failure(LAYOUT, FILES, OUTPUT_SETTINGS, UNUSABLE))
+    sys.exit(
+        exit_code_after_failure(LAYOUT, FILES, OUTPUT_SETTINGS, UNUSABLE, SHARDS)
+    )

@@ -7,6 +7,8 @@ from seqembed.run.tokens import token_counter
 snakemake = snakemake  # noqa: F821 - provided by Snakemake
 pool = plan_pool(snakemake.config)
 files = dict(zip(snakemake.params.names, snakemake.input, strict=True))
-rows, overview = make_plan(files, pool, token_counter(dict(snakemake.config)))
+rows, overview = make_plan(
+    files, pool, token_counter(dict(snakemake.config)), dict(snakemake.params.shards)
+)
 write_plan(rows, overview, snakemake.output.tsv, snakemake.output.overview)
 write_json(snakemake.log[0], overview)  # the rule's log: what was planned and how well

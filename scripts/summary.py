@@ -9,5 +9,6 @@ summary = report_run(
     RunLayout(snakemake.config["output_dir"], snakemake.config["output_format"]),
     dict(snakemake.params.files),
     unusable=dict(snakemake.params.unusable),
+    shards=dict(snakemake.params.shards),
 )
 write_text(snakemake.log[0], render_table(summary) + "\n")  # the table, also kept

@@ -61,7 +61,7 @@ def make_workdir(workdir: Path, model: Path | str, **config) -> Path:
 
 
 def jobs_to_run(workdir: Path, *args: str) -> dict[str, list[str]]:
-    """rule -> wildcard names of the jobs a dry run would run."""
+    """rule -> wildcard names of the jobs a dry run would run (shards as name/label)."""
     result = snakemake(workdir, "--dry-run", *args)
     assert result.returncode == 0, result.stderr + result.stdout
     jobs: dict[str, list[str]] = {}
@@ -70,8 +70,11 @@ def jobs_to_run(workdir: Path, *args: str) -> dict[str, list[str]]:
         if match := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
             rule = match.group(1)
             jobs.setdefault(rule, [])
-        elif (match := re.match(r"^wildcards: name=(\S+)$", line.strip())) and rule:
-            jobs[rule].append(match.group(1))
+        elif (
+            match := re.match(r"^wildcards: name=([^,\s]+)(, shard=(\S+))?$", line.strip())
+        ) and rule:
+            # a shard's job: name/label
+            jobs[rule].append(match.group(1) + (f"/{match.group(3)}" if match.group(3) else ""))
     return {rule: sorted(names) for rule, names in jobs.items()}
 
 

@@ -54,3 +54,10 @@ class RunLayout:
 
     def record(self, name: str) -> str:
         return self._path("records", f"{name}.json")
+
+    def shard_embedding(self, name: str, label: str) -> str:
+        """A shard's output, until the gather joins it into the file's (seqembed.shards)."""
+        return self._path(".seqembed", "shards", name, f"{label}.{self.output_format}")
+
+    def shard_record(self, name: str, label: str) -> str:
+        return self._path("records", "shards", name, f"{label}.json")

@@ -2,8 +2,10 @@
 whether the run was aborted.
 
 Three runtime failures in a row (not bad input) point at the model, the driver, the node or
-the disk rather than at the files; carrying on would only burn hours producing failures. The
-job whose failure completes the streak declares the abort here. Everything that is running
+the disk rather than at the files; they are counted by input file, so the shards of one large
+file that fail together are one failure, and any job that succeeds (a shard too) breaks the
+streak; carrying on would only burn hours producing failures. The job whose failure
+completes the streak declares the abort here. Everything that is running
 watches for it: the batch loop stops the file it computes at the next batch, and the
 Snakemake process that started the run (`watch_for_abort`, on the submitting host even when
 the jobs run on cluster nodes) interrupts itself as Ctrl-C would, so it submits nothing more,
@@ -134,14 +136,14 @@ def record_outcome(
         past = [*_parse(data), event]
         if error_type is None or not counts or any(e.get("kind") == "abort" for e in past):
             return None
-        # failures of distinct files since the last success: the retries of one bad file
-        # are one failure, not a streak
+        # failures of distinct input files since the last success: the retries of one bad
+        # file are one failure, not a streak, and so are the failing shards of one file
         streak, files = [], set()
         for earlier in reversed([e for e in past if e.get("kind") == "outcome"]):
             if earlier["error_type"] is None:
                 break
-            if earlier.get("counts", True) and earlier["name"] not in files:
-                files.add(earlier["name"])
+            if earlier.get("counts", True) and earlier["file"] not in files:
+                files.add(earlier["file"])
                 streak.append(earlier)
         if len(streak) < ABORT_AFTER:
             return None

@@ -16,6 +16,7 @@ from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
 
 from seqembed.report import view
 from seqembed.report.display import RunDisplay
+from seqembed.shards import shard_job_name
 
 # the view shows what these said, once per device instead of once per job
 REPLACED_BY_VIEW = {
@@ -113,10 +114,12 @@ class LogHandler(LogHandlerBase):
     def _follow(self, record: logging.LogRecord, event) -> None:
         if event == LogEvent.RUN_INFO:
             stats = getattr(record, "stats", None) or {}
-            self.display.files_to_compute = stats.get("embed", 0)
+            self.display.files_to_compute = stats.get("embed", 0) + stats.get("embed_shard", 0)
         elif event == LogEvent.JOB_INFO:
-            if record.rule_name == "embed":
-                self.embed_jobs[record.jobid] = dict(record.wildcards).get("name")
+            if record.rule_name in ("embed", "embed_shard"):
+                wildcards = dict(record.wildcards)
+                name, shard = wildcards.get("name"), wildcards.get("shard")
+                self.embed_jobs[record.jobid] = shard_job_name(name, shard) if shard else name
             elif record.rule_name == "summary":
                 # every embed job is over; the summary table comes next, below the view
                 self.display.detach()
@@ -128,7 +131,8 @@ class LogHandler(LogHandlerBase):
         if self.common_settings.dryrun or verbosity == "verbose":
             return True  # a dry run lists the jobs; verbose shows all Snakemake says
         local = self.display.run is None or self.display.run.local
-        if event == LogEvent.JOB_ERROR and getattr(record, "rule_name", "") == "embed" and local:
+        own_line = getattr(record, "rule_name", "") in ("embed", "embed_shard", "gather")
+        if event == LogEvent.JOB_ERROR and own_line and local:
             return False  # the job said what went wrong in one line of its own
         if record.levelno < logging.ERROR and _per_slurm_job(str(record.msg)):
             return False

@@ -1,8 +1,10 @@
 import os
+import re
 
 from seqembed.compute.backends import resolve_precision
 from seqembed.devices import gpu_pool
 from seqembed.run.config import output_settings
+from seqembed.shards import labels, section, shard_counts, shard_regex
 
 ENV = "../../envs/seqembed.yaml"
 
@@ -33,10 +35,20 @@ wildcard_constraints:
     name=r"[^/]+",
 
 
+# name -> shards, for the files computed in more than one (config shard_size): known from
+# the files' sizes alone, so every reading of the workflow finds the same
+SHARDS = shard_counts(FILES, config["shard_size"])
+# the names whose output the gather writes, and (by a look-ahead over the output's name) those
+# whose embed job writes it
+SHARDED = shard_regex(SHARDS)
+WHOLE = rf"(?!(?:{SHARDED})\.{re.escape(LAYOUT.output_format)}$)[^/]+"
+
+
 def input_size(wildcards):
-    """Embed priority: the largest files start first (longest-processing-time order); the
-    size in bytes stands in for the residues, known without reading the file."""
-    return os.path.getsize(FILES[wildcards.name])
+    """Embed priority: the largest jobs start first (longest-processing-time order); the
+    size in bytes stands in for the residues, known without reading the file, and a shard
+    counts its share of it."""
+    return os.path.getsize(FILES[wildcards.name]) // SHARDS.get(wildcards.name, 1)
 
 
 # the plan first, then the files largest first

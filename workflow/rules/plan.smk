@@ -18,5 +18,7 @@ rule plan:
         pool=[config["device"], config["gpus"], config["cpu_slots"]],
         # a nucleotide model's tokenizer decides the plan's load (tokens, not letters)
         model=config["model"],
+        # shards are placed one by one, as the scheduler places them
+        shards=SHARDS,
     script:
         "../../scripts/plan.py"

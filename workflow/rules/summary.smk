@@ -17,5 +17,6 @@ rule summary:
     params:
         files=FILES,
         unusable=UNUSABLE,
+        shards=SHARDS,
     script:
         "../../scripts/summary.py"

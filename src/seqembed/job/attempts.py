@@ -147,6 +147,7 @@ def _fail(job: EmbedJob, history: list[dict], verdict: Verdict):
         "name": job.name,
         "file": job.fasta,
         "output": job.output,
+        "shard": job.shard,
         "attempt": job.attempt,
         "device": this_attempt.get("device"),
         "lane": this_attempt.get("lane"),
@@ -169,9 +170,12 @@ def _fail(job: EmbedJob, history: list[dict], verdict: Verdict):
         job.name,
         status="failed",
         file=job.fasta,
+        shard=job.shard,
         attempt=job.attempt,
         error_type=verdict.error_type,
         error_message=verdict.message,
     )
     where = "" if job.fasta in verdict.message else f"{job.fasta}: "
+    if job.shard:
+        where = f"{where}shard {job.shard}: "
     raise SystemExit(f"seqembed: {verdict.error_type}: {where}{verdict.message}{unrecorded}")

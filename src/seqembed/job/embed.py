@@ -35,6 +35,7 @@ from seqembed.job.handoff import compute
 from seqembed.job.progress import JobProgress, news_level, say
 from seqembed.job.records import input_stamp, keep_receipt, write_record
 from seqembed.output import commit, output_error, stale_temporaries
+from seqembed.shards import parse_label
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,14 @@ class EmbedJob:
     settings: dict = field(default_factory=dict)
     threads: int = 1
     attempt: int = 1
+    #: a shard (seqembed.shards): its label, and the bytes of the content whose records it owns
+    shard: str | None = None
+    section: tuple[int, int | None] = (0, None)
+
+    @property
+    def input_name(self) -> str:
+        """The input file's name, as the plan lists it (a shard's job is named apart)."""
+        return self.name.removesuffix(f".shard-{self.shard}") if self.shard else self.name
 
     @property
     def output_dir(self) -> str:
@@ -58,15 +67,18 @@ class EmbedJob:
         return str(Path(self.plan_path).resolve().parent)
 
 
-def planned_device(tsv: str | os.PathLike, name: str) -> str | None:
-    """The planned device for `name`, or None while the plan does not exist (yet) or does not
-    list the file: the plan rule may still be running when the first jobs start."""
+def planned_device(tsv: str | os.PathLike, name: str, shard: str | None = None) -> str | None:
+    """The planned device for `name` (for one of its shards: that shard's, from the file's
+    comma-separated list), or None while the plan does not exist (yet) or does not list it:
+    the plan rule may still be running when the first jobs start."""
     try:
         with open(tsv, newline="") as handle:
             for row in csv.DictReader(handle, delimiter="\t"):
                 if row["name"] == name:
-                    return row["device"]
-    except (OSError, KeyError, csv.Error):
+                    devices = row["device"].split(",")
+                    index = parse_label(shard)[0] - 1 if shard else 0
+                    return devices[index] if index < len(devices) else None
+    except (OSError, KeyError, ValueError, csv.Error):
         return None
     return None
 
@@ -96,7 +108,9 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
     config = job.config
     alphabet = alphabet_for(config["model"], config["model_cache"])
     # a trailing stop ends translated reads; nucleotide files have none
-    records = read_fasta(job.fasta, alphabet, trailing_stop=alphabet == PROTEIN_ALPHABET)
+    records = read_fasta(
+        job.fasta, alphabet, trailing_stop=alphabet == PROTEIN_ALPHABET, section=job.section
+    )
     lengths = [len(sequence) for sequence in records.sequences]
     for stale in stale_temporaries(job.output):
         stale.unlink(missing_ok=True)
@@ -105,7 +119,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
     )
     progress.update(status="waiting")
 
-    planned = planned_device(job.plan_path, job.name)
+    planned = planned_device(job.plan_path, job.input_name, job.shard)
     if lengths:
         claim = claim_device(
             resolve_pool(config["device"], config["gpus"], config["cpu_slots"]),
@@ -126,6 +140,8 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
         "output": job.output,
         "input": input_stamp(job.fasta),
         "settings": job.settings,
+        "shard": job.shard,
+        "section": list(job.section) if job.shard else None,
         "device": label if lengths else None,
         # the physical device, for reports (inside SLURM: node and GPU)
         "lane": lane_for(label) if lengths else None,

@@ -10,7 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from seqembed import runstate
+from seqembed.job.records import read_record
 from seqembed.layout import RunLayout
+from seqembed.shards import labels, shard_job_name
 
 
 def read_records(records_dir: str | os.PathLike, names: list[str]) -> dict[str, dict | None]:
@@ -36,6 +38,7 @@ def outcomes(
     aborted: str | None,
     since: float | None,
     settings: Mapping | None = None,
+    shards: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, dict | None], list[str]]:
     """name -> the record that says what became of the file, as the summary counts it, and
     the names of the files put back. A record is believed only as far as the disk agrees: a
@@ -43,7 +46,8 @@ def outcomes(
     about this one. A file whose failure record could not be written (a full disk) is known
     from the run's event log. With `settings` (the failure handler), the embeddings this run
     finished that Snakemake removed because another job of their group failed (a packed
-    submission) are put back from their receipts: same input, same settings."""
+    submission) are put back from their receipts: same input, same settings. A file in
+    `shards` (name -> count) that has no output failed as its first failed shard did."""
     from seqembed.job.records import restore
 
     records = read_records(layout.records, list(files))
@@ -58,8 +62,53 @@ def outcomes(
         if this_run and settings is not None and restore(record, layout.state, dict(settings)):
             restored.append(name)
             continue
+        if name in (shards or {}):
+            failed = _failed_shard(layout, name, shards[name], since, failures, settings)
+            if failed:
+                records[name] = failed
+                continue
         records[name] = _not_done(name, files[name], record, failures.get(name), aborted)
     return records, restored
+
+
+def shard_records(layout: RunLayout, shards: Mapping[str, int]) -> dict[str, list[dict]]:
+    """name -> the records of its shards' jobs (those that have one), in the file's order."""
+    found: dict[str, list[dict]] = {}
+    for name, count in shards.items():
+        paths = [layout.shard_record(name, label) for label in labels(count)]
+        found[name] = [record for path in paths if (record := read_record(path))]
+    return found
+
+
+def _failed_shard(layout, name, count, since, failures, settings) -> dict | None:
+    """Why a sharded file has no output: the first shard that failed in this run (its
+    record, or the event log where the record could not be written). The finished shards
+    that Snakemake removed with a failed group are put back meanwhile, so that the rerun
+    redoes only the failed ones."""
+    from seqembed.job.records import restore
+
+    failed = None
+    for label in labels(count):
+        record = read_record(layout.shard_record(name, label))
+        event = failures.get(shard_job_name(name, label))
+        if record is None or not _this_run(record, since):
+            record = None
+        elif record["status"] == "done":
+            if settings is not None:
+                restore(record, layout.state, dict(settings))
+            continue
+        if failed is None and record is not None:
+            failed = {**record, "name": name, "shard": label}
+        elif failed is None and event is not None:
+            failed = {
+                "status": "failed",
+                "name": name,
+                "file": event["file"],
+                "shard": label,
+                "error_type": event["error_type"],
+                "error_message": event["message"],
+            }
+    return failed
 
 
 def _not_done(name: str, file: str, record: dict | None, event: dict | None, aborted) -> dict:
@@ -78,3 +127,14 @@ def _not_done(name: str, file: str, record: dict | None, event: dict | None, abo
         )
     return {"status": "failed", "name": name, "file": file, "error_type": why,
             "error_message": message}  # fmt: skip
+
+
+def work_records(
+    records: Mapping[str, dict | None], by_shard: Mapping[str, list[dict]]
+) -> dict[str, dict]:
+    """The jobs that held a device, for the timeline: a sharded file's shards stand in for
+    the file."""
+    work = {name: record for name, record in records.items() if record and name not in by_shard}
+    for shards in by_shard.values():
+        work.update({record["name"]: record for record in shards})
+    return work

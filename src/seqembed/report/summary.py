@@ -14,7 +14,7 @@ from seqembed import runstate
 from seqembed.devices import lane_of
 from seqembed.layout import RunLayout
 from seqembed.output import write_atomically, write_json, write_text
-from seqembed.report.outcomes import outcomes
+from seqembed.report.outcomes import outcomes, shard_records, work_records
 from seqembed.report.timeline import draw_timeline
 
 #: summary.json's layout, documented field by field in workflow/schemas/summary.schema.yaml
@@ -61,33 +61,45 @@ def summarize(
     aborted: str | None = None,
     since: float | None = None,
     unusable: Mapping[str, str] | None = None,
+    shard_records: Mapping[str, list[dict]] | None = None,
 ) -> dict:
     """File counts and failures cover every input; speed figures only the files computed in
     this run (started at `since`), so a rerun of one file reports that file's speed, not the
     hours between two runs. Wall time spans the first start to the last finish of those;
     per-device rates use the device's busy time (claim to release), excluding waits for a
-    free device."""
+    free device. `shard_records` (name -> its shards' records): a sharded file is counted as
+    one file, and its shards as what the devices computed."""
     done = [r for r in records.values() if r and r["status"] == "done"]
     failed = [_as_failure(r, aborted) for r in records.values() if r and r["status"] != "done"]
     missing = sorted(name for name, r in records.items() if r is None)
 
-    computed = [
+    def this_run(r: dict) -> bool:
+        return (since is None or r["started"] >= since) and not r.get("restored_from_attempt")
+
+    computed = [r for r in done if this_run(r)]
+    # what the devices computed in this run: whole files, and the shards of sharded files
+    # (those of a file that is not done yet too: they are kept for the rerun)
+    shard_records = shard_records or {}
+    work = [r for r in computed if r["name"] not in shard_records] + [
         r
-        for r in done
-        if (since is None or r["started"] >= since) and not r.get("restored_from_attempt")
+        for shards in shard_records.values()
+        for r in shards
+        if r["status"] == "done" and this_run(r)
     ]
-    ran = [r for r in computed if r["device"] is not None]  # an empty file ran nowhere
-    sequences = sum(r["sequences"] for r in computed)
-    residues = sum(r["residues"] for r in computed)
+    ran = [r for r in work if r["device"] is not None]  # an empty file ran nowhere
+    sequences = sum(r["sequences"] for r in work)
+    residues = sum(r["residues"] for r in work)
     busy = sum(r["finished"] - r["claimed"] for r in ran)
     load = sum(r["model_load_seconds"] for r in ran)
-    tokens = sum(r["computed_tokens"] for r in computed)
-    wall = max((r["finished"] for r in computed), default=0) - min(
-        (r["started"] for r in computed), default=0
+    tokens = sum(r["computed_tokens"] for r in work)
+    # from the first start to the last finish, gathers included
+    wall = max((r["finished"] for r in work + computed), default=0) - min(
+        (r["started"] for r in work + computed), default=0
     )
     devices: dict[str, dict] = defaultdict(
         lambda: {
             "files": 0,
+            "shards": 0,
             "files_on_planned_device": 0,
             "sequences": 0,
             "residues": 0,
@@ -99,7 +111,7 @@ def summarize(
     )
     for record in ran:
         device = devices[lane_of(record)]
-        device["files"] += 1
+        device["shards" if record.get("shard") else "files"] += 1
         device["files_on_planned_device"] += record.get("planned_device") == record["device"]
         device["sequences"] += record["sequences"]
         device["residues"] += record["residues"]
@@ -127,7 +139,7 @@ def summarize(
         "missing": missing,
         "sequences": sequences,
         "residues": residues,
-        "truncated_sequences": sum(r["truncated_sequences"] for r in computed),
+        "truncated_sequences": sum(r["truncated_sequences"] for r in work),
         "wall_seconds": wall,
         **_rates(sequences, residues, wall),
         "busy_seconds": busy,
@@ -142,11 +154,17 @@ def summarize(
         "setup_seconds": setup,
         "setup_share": setup / device_seconds if device_seconds > 0 else None,
         "models_loaded": sum(device["models_loaded"] for device in devices.values()),
-        "padding_efficiency": sum(r["real_tokens"] for r in computed) / tokens if tokens else None,
+        "padding_efficiency": sum(r["real_tokens"] for r in work) / tokens if tokens else None,
         "devices": dict(sorted(devices.items())),
         "failures_by_type": dict(sorted(Counter(r["error_type"] for r in failed).items())),
         "failures": [
-            {"file": r["file"], "error_type": r["error_type"], "error_message": r["error_message"]}
+            {
+                "file": r["file"],
+                "error_type": r["error_type"],
+                # a sharded file failed as one of its shards did: which one
+                "error_message": (f"shard {r['shard']}: " if r.get("shard") else "")
+                + r["error_message"],
+            }
             for r in failed
         ],
         "unusable_inputs": dict(unusable or {}),
@@ -179,26 +197,32 @@ def _share(value) -> str:
 def render_table(summary: dict) -> str:
     """The table printed at the end of a run, as plain text (fits 100 columns)."""
     files = summary["files"]
+    # with shards, a device's jobs are files and shards: both counted, as "jobs"
+    sharded = any(d.get("shards") for d in summary["devices"].values())
     lines = [
         f"seqembed: {files['done']}/{files['total']} files done ({files['skipped']} were up to "
         f"date), {files['failed']} failed; this run computed {files['computed_this_run']} in "
         f"{_number(summary['wall_seconds'])} s",
-        f"{'device':<12}{'files':>7}{'sequences':>12}{'residues':>14}{'planned':>14}"
-        f"{'seq/s':>10}{'res/s':>12}{'busy s':>9}{'util':>6}",
+        f"{'device':<12}{'jobs' if sharded else 'files':>7}{'sequences':>12}{'residues':>14}"
+        f"{'planned':>14}{'seq/s':>10}{'res/s':>12}{'busy s':>9}{'util':>6}",
     ]
     rows = [(name, d) for name, d in summary["devices"].items()]
     # the total row's time is the run's wall time, as its rates are
     total = {
         **summary,
         "files": files["computed_this_run"],
+        "shards": sum(d.get("shards", 0) for d in summary["devices"].values()),
         "busy_seconds": summary["wall_seconds"],
         "planned_residues": None,
     }
+    if sharded:  # the jobs of the run: its files' are their shards
+        total["files"] = sum(d["files"] for d in summary["devices"].values())
     rows.append(("total", total))
     for name, d in rows:
         planned = d.get("planned_residues")
+        jobs = d["files"] + d.get("shards", 0)
         lines.append(
-            f"{name:<12}{d['files']:>7}{d['sequences']:>12,}{d['residues']:>14,}"
+            f"{name:<12}{jobs:>7}{d['sequences']:>12,}{d['residues']:>14,}"
             f"{'-' if planned is None else f'{planned:,}':>14}"
             f"{_number(d['sequences_per_s']):>10}{_number(d['residues_per_s'], 0):>12}"
             f"{_number(d['busy_seconds']):>9}{_share(d['utilisation']):>6}"
@@ -235,8 +259,10 @@ def report_run(
     aborted: str | None = None,
     unusable: Mapping[str, str] | None = None,
     settings: Mapping | None = None,
+    shards: Mapping[str, int] | None = None,
 ) -> dict:
-    """Summarize the outcomes of `files` (name -> input path), write summary.json,
+    """Summarize the outcomes of `files` (name -> input path; `shards`: name -> count for
+    the sharded ones), write summary.json,
     failed_files.txt and the timeline picture, print the table; the summary rule and the
     failure handler both end a run here, when no job runs any more. What cannot be written
     (a full disk) is printed instead: the user learns what failed and why either way."""
@@ -247,7 +273,11 @@ def report_run(
     except (OSError, ValueError, KeyError):
         planned = None
     since = runstate.run_started(layout.state)
-    records, restored = outcomes(layout, files, aborted=aborted, since=since, settings=settings)
+    shards = dict(shards or {})
+    records, restored = outcomes(
+        layout, files, aborted=aborted, since=since, settings=settings, shards=shards
+    )
+    by_shard = shard_records(layout, shards)
     if restored:
         print(
             f"seqembed: {len(restored)} finished embedding(s) that Snakemake removed when "
@@ -255,7 +285,7 @@ def report_run(
             + (" ..." if len(restored) > 5 else ""),
             flush=True,
         )
-    summary = summarize(records, planned, aborted, since, unusable)
+    summary = summarize(records, planned, aborted, since, unusable, by_shard)
     table = render_table(summary)
     try:
         write_summary(summary, layout.summary, layout.failed)
@@ -269,7 +299,7 @@ def report_run(
         print(table, flush=True)
         return summary
     try:
-        draw_timeline(records, summary, layout.timeline, since)
+        draw_timeline(work_records(records, by_shard), summary, layout.timeline, since)
     except Exception as error:  # noqa: BLE001 - a picture must not cost the run its summary
         print(f"seqembed: warning: no timeline picture: {error}", flush=True)
         # the summary rule declares the picture: an empty one, not a failed step
@@ -284,6 +314,7 @@ def exit_code_after_failure(
     files: Mapping[str, str],
     settings: Mapping | None = None,
     unusable: Mapping[str, str] | None = None,
+    shards: Mapping[str, int] | None = None,
 ) -> int:
     """For Snakemake's onerror handler: put back what Snakemake removed of finished files,
     write the summary from whatever finished and tell the caller's script what happened: 2
@@ -295,6 +326,7 @@ def exit_code_after_failure(
         aborted=runstate.abort_reason(layout.state),
         unusable=unusable,
         settings=settings,
+        shards=shards,
     )
     counts = summary["files"]
     if summary["aborted"]:

@@ -26,10 +26,12 @@ class RunInfo:
     """What the Snakefile knows when a run starts."""
 
     state_dir: str
-    files_total: int  # every input file, computed in this run or not
+    files_total: int  # every input file, computed in this run or not (with shards: every job)
     devices: tuple[str, ...]  # this host's pool, listed even while idle (none on a cluster)
     verbosity: str = "normal"
     local: bool = True  # the jobs run on this host, their output reaches this terminal
+    #: what the counts count: files, or with sharded files the jobs (files and shards)
+    unit: str = "files"
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Snapshot:
     waiting: int
     devices: list[tuple[str, dict | None]] = field(default_factory=list)  # label, job on it
     queued: int = 0  # scheduled, not started (on a cluster: pending in SLURM's queue)
+    unit: str = "files"
 
     @property
     def running(self) -> int:
@@ -114,6 +117,7 @@ def snapshot(
         waiting=waiting,
         devices=[(label, on_device.get(label)) for label in labels],
         queued=max(0, files_to_compute - started) if files_to_compute is not None else 0,
+        unit=run.unit,
     )
 
 
@@ -141,13 +145,15 @@ def failure_line(job: dict) -> str:
     SLURM's log instead of on this terminal)."""
     message = " ".join(str(job.get("error_message", "")).split())
     where = "" if job.get("file", "") in message else f"{job.get('file')}: "
+    if job.get("shard"):
+        where = f"{where}shard {job['shard']}: "
     return f"seqembed: {job.get('error_type', 'Error')}: {where}{message}"
 
 
 def header_line(snap: Snapshot) -> str:
     share = snap.files_done / snap.files_total if snap.files_total else 1.0
     parts = [
-        f"files {snap.files_done:,} / {snap.files_total:,} done ({share:.1%})",
+        f"{snap.unit} {snap.files_done:,} / {snap.files_total:,} done ({share:.1%})",
         f"{snap.files_failed:,} failed",
         f"{snap.running} running",
     ]

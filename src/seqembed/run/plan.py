@@ -1,4 +1,5 @@
-"""The plan: what every input holds and which device it should run on.
+"""The plan: what every input holds and which device it (or each of its shards) should run
+on.
 
 Jobs start largest-first (their Snakemake priority is the file size) and claim a free device
 at run time, so the plan is advice, not a schedule: each job prefers its planned device, and
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping
 from seqembed.devices import DeviceError, resolve_pool
 from seqembed.fasta import fasta_stats
 from seqembed.output import write_json, write_text
+from seqembed.shards import labels, shard_job_name
 
 COLUMNS = [
     "name",
@@ -24,24 +26,47 @@ COLUMNS = [
     "residues",
     "tokens",
     "longest",
+    "shards",
     "device",
     "device_load",
 ]
 
 
 def make_plan(
-    files: Mapping[str, str], pool: list[str], count_tokens: Callable[[str], int] | None = None
+    files: Mapping[str, str],
+    pool: list[str],
+    count_tokens: Callable[[str], int] | None = None,
+    shards: Mapping[str, int] | None = None,
 ) -> tuple[list[dict], dict]:
     """Per file statistics plus a balanced assignment by residues (work grows with residues;
     the file size in bytes would also count header text), or by tokens where a nucleotide
-    model's tokenizer packs several letters into one (`count_tokens`, seqembed.run.tokens)."""
+    model's tokenizer packs several letters into one (`count_tokens`, seqembed.run.tokens).
+    A sharded file (`shards`: name -> count) is placed shard by shard, as the scheduler
+    places its jobs, each shard carrying an equal share of its file's load; its row lists
+    one device per shard."""
     # imported here: every embed job imports this module for planned_device() alone
     from seqembed.run.assign import assign
 
+    shards = shards or {}
     stats = {name: fasta_stats(path) for name, path in files.items()}
     tokens = {name: count_tokens(path) for name, path in files.items()} if count_tokens else {}
     loads = tokens or {name: s.residues for name, s in stats.items()}
-    assignment = assign(loads, pool)
+    units = {}  # what the scheduler places: whole files and shards
+    for name, load in loads.items():
+        count = shards.get(name, 1)
+        if count == 1:
+            units[name] = load
+            continue
+        for index, label in enumerate(labels(count)):
+            units[shard_job_name(name, label)] = load // count + (index < load % count)
+    assignment = assign(units, pool)
+
+    def devices_of(name: str) -> list[str]:
+        count = shards.get(name, 1)
+        if count == 1:
+            return [assignment.device_of[name]]
+        return [assignment.device_of[shard_job_name(name, label)] for label in labels(count)]
+
     rows = [
         {
             "name": name,
@@ -51,13 +76,15 @@ def make_plan(
             "residues": s.residues,
             "tokens": tokens.get(name, ""),
             "longest": s.longest,
-            "device": assignment.device_of[name],
-            "device_load": assignment.loads[assignment.device_of[name]],
+            "shards": shards.get(name, 1),
+            "device": ",".join(devices_of(name)),
+            "device_load": ",".join(str(assignment.loads[d]) for d in devices_of(name)),
         }
         for name, s in stats.items()
     ]
     overview = {
         "files": len(rows),
+        "shards": sum(shards.values()),
         "devices": pool,
         "planned_load": assignment.loads,
         "makespan": assignment.makespan,

@@ -1,0 +1,99 @@
+"""The shards of one file joined into its one output, in input order, in the format a whole
+file's job writes (seqembed.compute.writers): whoever reads `embeddings/` cannot tell.
+
+HDF5 is copied dataset by dataset in blocks of rows, so memory stays bounded however large
+the file. A `.pt` is one pickled dict: the shards are loaded memory-mapped, so their
+per-residue rows are read from the page cache as torch.save writes them, and only the
+concatenated pooled vectors are built in memory, as a whole file's job builds them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from seqembed.output import flush_to_disk, output_error, temporary_path, write_temporary
+
+#: bytes of one dataset copied at a time
+BLOCK_BYTES = 64 << 20
+
+
+def _merged(parts: list):
+    """One value from the shards' values of one key: lists and tensors are joined, dicts
+    merged key by key, settings (the same in every shard) taken from the first."""
+    import torch
+
+    first = parts[0]
+    if isinstance(first, list):
+        return [item for part in parts for item in part]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, dict):
+        return {key: _merged([part[key] for part in parts]) for key in first}
+    return first
+
+
+def gather_pt(shards: list[str], output: str) -> Path:
+    import torch
+
+    loaded = [torch.load(path, mmap=True, weights_only=True) for path in shards]
+    payload = _merged(loaded)
+    return write_temporary(output, lambda stream: torch.save(payload, stream))
+
+
+def _copy_rows(source, target, start: int) -> None:
+    rows = source.shape[0]
+    row_bytes = max(1, source.dtype.itemsize * int(max(1, source.size // max(rows, 1))))
+    step = max(1, BLOCK_BYTES // row_bytes)
+    for first in range(0, rows, step):
+        last = min(rows, first + step)
+        target[start + first : start + last] = source[first:last]
+
+
+def gather_h5(shards: list[str], output: str) -> Path:
+    import h5py
+
+    temporary = temporary_path(output)
+    opened = []
+    try:
+        for path in shards:
+            opened.append(h5py.File(path, "r", locking=False))
+        first = opened[0]
+        with h5py.File(temporary, "w", locking=False) as joined:
+            joined.attrs.update(dict(first.attrs))
+            ids = [i for part in opened for i in part["ids"].asstr()[()]]
+            joined.create_dataset("ids", data=ids, dtype=h5py.string_dtype("utf-8"))
+            if "offsets" in first:
+                offsets = [0]
+                for part in opened:
+                    base = offsets[-1]
+                    offsets.extend(base + int(value) for value in part["offsets"][1:])
+                joined.create_dataset("offsets", data=offsets, dtype="int64")
+            for kind in ("mean", "bos", "per_tok"):
+                for layer in first.get(kind, {}):
+                    key = f"{kind}/{layer}"
+                    rows = sum(part[key].shape[0] for part in opened)
+                    shape = (rows, *first[key].shape[1:])
+                    target = joined.create_dataset(key, shape=shape, dtype=first[key].dtype)
+                    start = 0
+                    for part in opened:
+                        _copy_rows(part[key], target, start)
+                        start += part[key].shape[0]
+        flush_to_disk(temporary)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    finally:
+        for part in opened:
+            part.close()
+    return temporary
+
+
+def gather(shards: list[str], output: str, output_format: str) -> Path:
+    """The joined output under a temporary name beside `output`, for the job to commit;
+    OutputError when it cannot be written."""
+    join = gather_h5 if output_format == "h5" else gather_pt
+    try:
+        return join([os.fspath(path) for path in shards], output)
+    except OSError as error:
+        raise output_error(output, error) from None

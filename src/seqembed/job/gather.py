@@ -1,0 +1,104 @@
+"""The gather job of a sharded file: its shards' outputs joined into the file's one output,
+and the file's record, which adds up what its shards' records say.
+
+It runs once every shard is done, on no device. A failure (a full disk) leaves a failed
+record and one line naming the file, as an embed job's does; the shards' outputs stay, so a
+rerun redoes the gather alone.
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+import time
+from dataclasses import dataclass, field
+
+from seqembed import runstate
+from seqembed.compute.gather import gather
+from seqembed.errors import classify
+from seqembed.job.records import input_stamp, keep_receipt, read_record, write_record
+from seqembed.output import commit, output_error, stale_temporaries
+
+#: figures of the file that are the sums of its shards'
+SUMMED = ("sequences", "residues", "truncated_sequences", "duplicate_ids")
+
+
+@dataclass(frozen=True)
+class GatherJob:
+    name: str
+    fasta: str
+    output: str
+    output_format: str
+    record: str
+    state_dir: str
+    #: the shards' labels, outputs and records, in the file's order
+    labels: list[str]
+    shards: list[str]
+    shard_records: list[str]
+    settings: dict = field(default_factory=dict)
+    attempt: int = 1
+
+
+def run_gather_job(job: GatherJob) -> dict:
+    started = time.time()
+    base = {
+        "name": job.name,
+        "file": job.fasta,
+        "output": job.output,
+        "input": input_stamp(job.fasta),
+        "settings": job.settings,
+        "shards": job.labels,
+        "device": None,
+        "host": socket.gethostname(),
+        "attempt": job.attempt,
+        "started": started,
+    }
+    try:
+        for stale in stale_temporaries(job.output):
+            stale.unlink(missing_ok=True)
+        write_record(job.record, job.state_dir, {**base, "status": "running"})
+        temporary = gather(job.shards, job.output, job.output_format)
+        try:
+            commit(temporary, job.output)
+        except OSError as error:
+            raise output_error(job.output, error) from None
+        keep_receipt(job.state_dir, job.name, job.output)
+        parts = [read_record(path) or {} for path in job.shard_records]
+        finished = time.time()
+        record = {
+            **base,
+            **{key: sum(part.get(key, 0) for part in parts) for key in SUMMED},
+            "status": "done",
+            "finished": finished,
+            "gather_seconds": finished - started,
+            "wall_seconds": finished - started,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        write_record(job.record, job.state_dir, record)
+    except Exception as error:  # noqa: BLE001 - every failure must leave a record
+        verdict = classify(error)
+        try:
+            runstate.record_outcome(
+                job.state_dir,
+                job.name,
+                job.fasta,
+                verdict.error_type,
+                f"gathering its shards: {verdict.message}",
+                counts=verdict.counts_towards_abort,
+                attempt=job.attempt,
+            )
+        except OSError:
+            pass  # the line below still says it
+        failed = {**base, "status": "failed", "finished": time.time(), **verdict.as_dict()}
+        failed["error_message"] = f"gathering its shards: {verdict.message}"
+        unrecorded = ""
+        try:
+            write_record(job.record, job.state_dir, failed)
+        except Exception:  # noqa: BLE001 - the line below says it
+            unrecorded = " (its record could not be written either)"
+        where = "" if job.fasta in verdict.message else f"{job.fasta}: "
+        raise SystemExit(
+            f"seqembed: {verdict.error_type}: {where}gathering its shards: {verdict.message}"
+            f"{unrecorded}"
+        ) from None
+    return record

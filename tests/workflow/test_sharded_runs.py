@@ -1,0 +1,142 @@
+"""One large file on every device: real `snakemake` runs with two CPU slots and one file of
+3,000 sequences in four shards. The faults (SEQEMBED_TEST_FAULTS) are those of the other
+failure tests: a job killed mid-write, an out-of-memory error injected where CUDA raises it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+
+import pytest
+import yaml
+from helpers import (
+    assert_embeddings_correct,
+    failed_lines,
+    jobs_to_run,
+    progress_of,
+    snakemake,
+    start_run,
+    summary_checked,
+    wait_for,
+)
+
+from seqembed.demo import write_fasta
+from seqembed.report.outcomes import work_records
+from seqembed.report.timeline import lanes
+
+pytestmark = pytest.mark.workflow
+
+LABELS = ["1-of-4", "2-of-4", "3-of-4", "4-of-4"]
+
+
+def shard_record(workdir, label: str) -> dict:
+    path = workdir / "results" / "records" / "shards" / "big" / f"{label}.json"
+    return json.loads(path.read_text())
+
+
+def paused_shard(workdir, label: str) -> dict:
+    """The running record of the shard once its job sits between its temporary output and
+    the rename (the injected pause)."""
+    folder = workdir / "results" / ".seqembed" / "shards" / "big"
+
+    def check():
+        if not list(folder.glob(f".{label}.pt.*.tmp")):
+            return None
+        try:
+            state = shard_record(workdir, label)
+        except (OSError, ValueError):
+            return None
+        return state if state["status"] == "running" else None
+
+    return wait_for(check)
+
+
+@pytest.fixture
+def big_file(tmp_path, tiny_model):
+    rng = random.Random(17)
+    (tmp_path / "fasta").mkdir()
+    path = tmp_path / "fasta" / "big.fasta"
+    write_fasta(path, "big", 3000, rng, lengths=(20, 60))
+    settings = {
+        "input_dir": "fasta",
+        "model": str(tiny_model),
+        "device": "cpu",
+        "cpu_slots": 2,
+        "lock_dir": str(tmp_path / "locks"),
+        # four shards of the one file
+        "shard_size": path.stat().st_size // 4 + 1,
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(settings))
+    return tmp_path
+
+
+def test_a_large_file_in_shards_on_both_slots_survives_a_kill_and_a_failed_shard(
+    big_file, tiny_model
+):
+    workdir = big_file
+    # shard 2 is killed mid-write once; shard 3 runs out of memory on every sequence
+    faults = {
+        "pause_before_rename": {"name": "big.shard-2-of-4", "attempts": [1]},
+        "files": {"big.shard-3-of-4": {"oom_above_tokens": 1}},
+    }
+    run = start_run(workdir, faults)
+    paused = paused_shard(workdir, "2-of-4")
+
+    # while shard 2 holds one slot, another shard computes on the other: both slots busy
+    def busy_beside() -> dict | None:
+        for label in ("1-of-4", "3-of-4", "4-of-4"):
+            job = progress_of(workdir, f"big.shard-{label}")
+            if job.get("device") not in (None, paused["device"]):
+                if job.get("updated", 0) > paused["claimed"]:
+                    return job
+        return None
+
+    assert wait_for(busy_beside)
+    os.kill(paused["pid"], signal.SIGKILL)
+    output, _ = run.communicate(timeout=600)
+    assert run.returncode == 1, output  # its one file failed
+
+    # the killed shard was retried; nothing else was computed twice
+    retried = shard_record(workdir, "2-of-4")
+    assert retried["status"] == "done" and retried["attempt"] == 2
+    assert [a["error_type"] for a in retried["previous_attempts"]] == ["Crash"]
+    kept = {label: shard_record(workdir, label) for label in ("1-of-4", "2-of-4", "4-of-4")}
+    assert [kept[label]["attempt"] for label in ("1-of-4", "4-of-4")] == [1, 1]
+    # the failed shard fails its file, named
+    (line,) = failed_lines(workdir)
+    assert line.startswith("fasta/big.fasta|OOM|shard 3-of-4: sequence '"), line
+    assert "does not fit in memory even alone" in line
+    assert not (workdir / "results" / "embeddings" / "big.pt").exists()
+    shards = workdir / "results" / ".seqembed" / "shards" / "big"
+    assert sorted(path.name for path in shards.glob("*.pt")) == [
+        "1-of-4.pt",
+        "2-of-4.pt",
+        "4-of-4.pt",
+    ]
+    # two lanes in the timeline: the shards of one file on both slots
+    by_shard = {"big": [shard_record(workdir, label) for label in LABELS]}
+    assert len(lanes(work_records({"big": None}, by_shard))) == 2
+
+    # the rerun redoes the failed shard and the gather, nothing else
+    assert jobs_to_run(workdir) == {
+        "all": [],
+        "embed_shard": ["big/3-of-4"],
+        "gather": ["big"],
+        "summary": [],
+    }
+    rerun = snakemake(workdir)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert failed_lines(workdir) == []
+    for label, record in kept.items():
+        assert shard_record(workdir, label)["finished"] == record["finished"], label
+    assert shard_record(workdir, "3-of-4")["status"] == "done"
+    # one output, equal to fair-esm's in input order; the shards are gone
+    assert_embeddings_correct(workdir, tiny_model, ["big"])
+    assert list(shards.glob("*.pt")) == []
+    summary = summary_checked(workdir)
+    assert summary["files"]["done"] == 1 and summary["files"]["computed_this_run"] == 1
+    assert sum(device["shards"] for device in summary["devices"].values()) == 1
+    gathered = json.loads((workdir / "results" / "records" / "big.json").read_text())
+    assert gathered["sequences"] == 3000 and gathered["shards"] == LABELS
