@@ -8,7 +8,8 @@ reports per model: load seconds (seqembed's loader, and fair-esm's for 650M), to
 bf16 through seqembed's batching and fused attention, model FLOP utilisation (MFU) against a
 bf16 matmul peak measured on the same GPU, and fp32 tokens/s the way fair-esm's extraction
 runs (4,096-token batches, its own attention); for 650M also what per-residue output costs
-(rows copied to the host per batch and written to HDF5). `--smoke` runs the same code on
+(rows copied to the host per batch and written to HDF5) and what one file costs in four
+shards against whole on the one device (shard_size: jobs, gather). `--smoke` runs the same code on
 tiny shapes, on the CPU, in seconds: the test suite does that so the script is known to work
 before a GPU is ever lent.
 """
@@ -215,6 +216,34 @@ def end_to_end(path: Path, inputs: Path, out: Path, device: str) -> dict:
     return figures
 
 
+def shard_cost(path: Path, inputs: Path, out: Path, device: str, shards: int = 4) -> dict:
+    """One file (the peptide files as one) through `snakemake` on one device, whole and in
+    `shards` shards: what sharding costs where it cannot spread the work (a second device
+    would take half the shards)."""
+    folder = out / "one-file"
+    folder.mkdir(parents=True, exist_ok=True)
+    single = folder / "all.fasta"
+    single.write_text("".join(part.read_text() for part in sorted(inputs.glob("*.fasta"))))
+    figures = {}
+    for count in (1, shards):
+        output = out / f"shards-{path.stem}-{count}"
+        shard_size = single.stat().st_size // count + 1 if count > 1 else 0
+        command = [
+            str(Path(sys.executable).with_name("snakemake")),
+            *("-s", str(REPO / "Snakefile"), "--cores", "4", "--resources", "gpu=1"),
+            *("--config", f"input_dir={folder}", f"output_dir={output}", f"model={path}"),
+            *(f"device={'cpu' if device == 'cpu' else 'cuda'}", "cpu_slots=1"),
+            *(f"shard_size={shard_size}", "verbosity=quiet", f"lock_dir={out / 'locks'}"),
+        ]
+        started = time.time()
+        subprocess.run(command, cwd=out, check=True, capture_output=True)
+        figures[f"wall_seconds_{count}"] = time.time() - started
+        shutil.rmtree(output, ignore_errors=True)
+    figures["shards"] = shards
+    figures["overhead"] = figures[f"wall_seconds_{shards}"] / figures["wall_seconds_1"]
+    return figures
+
+
 def transformers_backend(path: Path, records, device: str, precision: str, out: Path):
     """The same weights as a Hugging Face folder, through transformers' ESM classes: load
     seconds and tokens/s beside the fair-esm backend's."""
@@ -349,6 +378,14 @@ def main() -> None:
             print(
                 f"{name}: mean only {cost['mean']:,.0f} tokens/s, with per-residue rows to "
                 f"HDF5 (float16) {cost['per_tok_h5_fp16']:,.0f} tokens/s ({cost['ratio']:.2f}x)"
+            )
+            figures["sharded"] = shard_cost(path, inputs, args.out, device)
+            sharded = figures["sharded"]
+            in_shards = sharded[f"wall_seconds_{sharded['shards']}"]
+            print(
+                f"{name}: one file through snakemake whole {sharded['wall_seconds_1']:.1f} s, "
+                f"in {sharded['shards']} shards {in_shards:.1f} s on one device "
+                f"({sharded['overhead']:.2f}x)"
             )
         report["models"][name] = figures
         print(

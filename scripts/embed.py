@@ -26,5 +26,6 @@ run_or_record_failure(
         attempt=snakemake.resources.attempt,
         shard=shard,
         section=tuple(section) if section else (0, None),
+        replaces=layout.embedding(snakemake.wildcards.name) if shard else None,
     )
 )

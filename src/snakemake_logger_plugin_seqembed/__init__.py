@@ -131,9 +131,10 @@ class LogHandler(LogHandlerBase):
         if self.common_settings.dryrun or verbosity == "verbose":
             return True  # a dry run lists the jobs; verbose shows all Snakemake says
         local = self.display.run is None or self.display.run.local
-        own_line = getattr(record, "rule_name", "") in ("embed", "embed_shard", "gather")
+        own_line = getattr(record, "rule_name", "") in ("embed", "embed_shard")
         if event == LogEvent.JOB_ERROR and own_line and local:
-            return False  # the job said what went wrong in one line of its own
+            # the job said what went wrong in one line of its own, or the view does for it
+            return False
         if record.levelno < logging.ERROR and _per_slurm_job(str(record.msg)):
             return False
         if record.levelno >= logging.WARNING:

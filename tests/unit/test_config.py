@@ -36,6 +36,12 @@ def test_layers_in_every_form_the_command_line_produces(given, expected):
     ("given", "message"),
     [
         ({"truncation": 0}, "config key 'truncation': 0 is less than the minimum of 1"),
+        ({"shard_size": "lots"}, "config key 'shard_size'"),
+        (
+            {"shard_size": 200},
+            "config key 'shard_size': 200 bytes is too small (at least 10,000; sizes are "
+            "bytes, e.g. 200M)",
+        ),
         ({"device": "gpu"}, "config key 'device': 'gpu' is not one of ['auto', 'cpu', 'cuda']"),
         ({"layers": "first"}, "config key 'layers'"),
         ({"toks_per_batch": -5}, "config key 'toks_per_batch'"),
@@ -170,3 +176,10 @@ def test_output_settings_leave_later_keys_out_at_their_old_values():
         output_settings(validate_config({"pooling": "all_tokens"}, SCHEMA), "fp32")["pooling"]
         == "all_tokens"
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"), [(None, 0), (0, 0), ("200M", 200_000_000), (1_000_000, 1_000_000)]
+)
+def test_shard_size_in_every_form_the_command_line_produces(given, expected):
+    assert validate_config({"shard_size": given}, SCHEMA)["shard_size"] == expected

@@ -5,6 +5,7 @@ in both formats; the abort, the plan and the summary counting files."""
 from __future__ import annotations
 
 import gzip
+import json
 import random
 
 import h5py
@@ -12,13 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-from seqembed import compression, runstate
+from seqembed import compression, faults, runstate
 from seqembed.compute.backends import PROTEIN_ALPHABET
-from seqembed.compute.gather import gather
+from seqembed.compute.gather import EMPTY_SHARD, gather
 from seqembed.compute.writers import open_writer
 from seqembed.demo import random_protein
+from seqembed.errors import OutputTooLarge
 from seqembed.fasta import InputError, read_fasta
 from seqembed.job.embed import planned_device
+from seqembed.job.gather import GatherJob, run_gather_job
+from seqembed.job.records import keep_receipt, read_record
+from seqembed.layout import RunLayout
+from seqembed.output import write_json
+from seqembed.report.outcomes import outcomes
 from seqembed.report.summary import render_table, summarize
 from seqembed.run.plan import make_plan, write_plan
 from seqembed.shards import (
@@ -30,6 +37,7 @@ from seqembed.shards import (
     section,
     shard_count,
     shard_counts,
+    shard_job_name,
 )
 
 
@@ -132,7 +140,7 @@ def test_fewer_files_than_devices_names_the_idle_devices_and_the_setting(tmp_pat
     pool = ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
     assert idle_warning({"one": str(path)}, pool, 0) == (
         "1 input file(s) for 4 devices: 3 device(s) will sit idle; set shard_size (e.g. "
-        "--config shard_size=2M) to compute large files in shards on every device"
+        "--config shard_size=1000k) to compute large files in shards on every device"
     )
     assert idle_warning({"one": str(path)}, pool, 1_000_000) is None
     assert idle_warning({"one": str(path)}, ["cuda:0"], 0) is None
@@ -174,12 +182,16 @@ def test_the_gathered_output_is_the_whole_files(tmp_path, output_format):
     rows = [torch.randn(length, 4, generator=generator) for length in (5, 9, 1, 30, 2, 7)]
     ids = [f"s{i}" for i in range(len(rows))]
     whole = write_output(tmp_path, "whole", ids, rows, output_format)
+    empty = tmp_path / "empty"
+    empty.write_bytes(EMPTY_SHARD)  # a later shard that held no record
     parts = [
         write_output(tmp_path, "part1", ids[:2], rows[:2], output_format),
-        write_output(tmp_path, "part2", [], [], output_format),  # a shard may hold nothing
+        str(empty),
+        write_output(tmp_path, "part2", [], [], output_format),  # computed, though empty
         write_output(tmp_path, "part3", ids[2:], rows[2:], output_format),
     ]
-    joined = gather(parts, str(tmp_path / f"joined.{output_format}"), output_format)
+    joined, joined_ids = gather(parts, str(tmp_path / f"joined.{output_format}"), output_format)
+    assert joined_ids == ids
     if output_format == "pt":
         expected, got = torch.load(whole), torch.load(joined)
         assert got.keys() == expected.keys() and got["ids"] == ids
@@ -209,7 +221,7 @@ def test_the_gathered_virnucpro_layout_pairs_as_before(tmp_path):
         write_output(tmp_path, "p1", ids[:1], rows[:1], "pt", "virnucpro"),
         write_output(tmp_path, "p2", ids[1:], rows[1:], "pt", "virnucpro"),
     ]
-    got = torch.load(gather(parts, str(tmp_path / "joined.pt"), "pt"))
+    got = torch.load(gather(parts, str(tmp_path / "joined.pt"), "pt")[0])
     assert got["proteins"] == ids
     assert all(map(torch.equal, got["data"], whole["data"]))
 
@@ -305,3 +317,69 @@ def test_the_summary_counts_the_file_once_and_its_shards_on_their_devices():
         }
     ]
     assert summary["sequences"] == 20  # the shards kept for the rerun were computed
+
+
+def test_a_pt_whose_shards_together_are_over_the_limit_is_refused(tmp_path):
+    rows = [torch.randn(40, 4) for _ in range(4)]
+    parts = [
+        write_output(tmp_path, "p1", ["a", "b"], rows[:2], "pt"),
+        write_output(tmp_path, "p2", ["c", "d"], rows[2:], "pt"),
+    ]
+    faults.use(json.dumps({"pt_limit_bytes": 3 * 40 * 4 * 4 * 2}))  # three sequences' rows
+    try:
+        with pytest.raises(OutputTooLarge, match="in/big.faa: per-residue output of"):
+            gather(parts, str(tmp_path / "joined.pt"), "pt", source="in/big.faa")
+    finally:
+        faults.use(None)
+    assert list(tmp_path.glob(".joined.pt.*")) == []
+
+
+def test_the_gather_job_records_the_file_and_frees_its_shards(tmp_path):
+    state = tmp_path / "state"
+    rows = [torch.randn(3, 4) for _ in range(3)]
+    parts = [
+        write_output(tmp_path, "p1", ["a", "b"], rows[:2], "pt"),
+        write_output(tmp_path, "p2", ["a"], rows[2:], "pt"),  # an id again, in another shard
+    ]
+    labels_ = labels(2)
+    for label, part in zip(labels_, parts, strict=True):
+        keep_receipt(str(state), shard_job_name("big", label), part)
+    job = GatherJob(
+        name="big",
+        fasta="in/big.faa",
+        output=str(tmp_path / "embeddings" / "big.pt"),
+        output_format="pt",
+        record=str(tmp_path / "records" / "big.json"),
+        state_dir=str(state),
+        labels=labels_,
+        shards=parts,
+        shard_records=[str(tmp_path / "none.json")] * 2,
+    )
+    record = run_gather_job(job)
+    assert record["sequences"] == 3 and record["duplicate_ids"] == 1
+    assert torch.load(job.output)["ids"] == ["a", "b", "a"]
+    assert list((state / "finished").iterdir()) == [state / "finished" / "big"]
+
+    blocked = GatherJob(**{**job.__dict__, "output": str(tmp_path / "file" / "big.pt")})
+    (tmp_path / "file").write_text("a file where a folder should be")
+    with pytest.raises(SystemExit) as stop:
+        run_gather_job(blocked)
+    assert str(stop.value).startswith(
+        f"seqembed: OutputError: in/big.faa: gathering its shards: {tmp_path}/file/big.pt: "
+    )
+    assert read_record(job.record)["error_type"] == "OutputError"
+
+
+def test_a_sharded_file_fails_with_the_shard_error_that_says_the_most(tmp_path):
+    layout = RunLayout(str(tmp_path / "results"))
+    runstate.reset(layout.state)
+    since = runstate.run_started(layout.state)
+    stopped = {"status": "failed", "name": "big.shard-1-of-3", "file": "big.faa",
+               "error_type": "Aborted", "error_message": "stopped: x", "started": since + 1,
+               "finished": since + 2}  # fmt: skip
+    oom = {**stopped, "name": "big.shard-3-of-3", "error_type": "OOM",
+           "error_message": "sequence 's' does not fit", "finished": since + 3}  # fmt: skip
+    write_json(layout.shard_record("big", "1-of-3"), stopped)
+    write_json(layout.shard_record("big", "3-of-3"), oom)
+    records, _ = outcomes(layout, {"big": "big.faa"}, aborted="x", since=since, shards={"big": 3})
+    assert records["big"]["shard"] == "3-of-3" and records["big"]["error_type"] == "OOM"

@@ -1,18 +1,19 @@
-"""One large file on every device: real `snakemake` runs with two CPU slots and one file of
-3,000 sequences in four shards. The faults (SEQEMBED_TEST_FAULTS) are those of the other
+"""One large file on every device: real `snakemake` runs with two CPU slots and one gzip file
+of 3,000 sequences in four shards. The faults (SEQEMBED_TEST_FAULTS) are those of the other
 failure tests: a job killed mid-write, an out-of-memory error injected where CUDA raises it."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
 import signal
 
 import pytest
+import torch
 import yaml
 from helpers import (
-    assert_embeddings_correct,
     failed_lines,
     jobs_to_run,
     progress_of,
@@ -21,8 +22,11 @@ from helpers import (
     summary_checked,
     wait_for,
 )
+from reference import reference_embeddings
 
+from seqembed.compute.backends import PROTEIN_ALPHABET
 from seqembed.demo import write_fasta
+from seqembed.fasta import read_fasta
 from seqembed.report.outcomes import work_records
 from seqembed.report.timeline import lanes
 
@@ -55,10 +59,12 @@ def paused_shard(workdir, label: str) -> dict:
 
 @pytest.fixture
 def big_file(tmp_path, tiny_model):
+    """One gzip-compressed file: each shard job streams past the records before its own."""
     rng = random.Random(17)
     (tmp_path / "fasta").mkdir()
-    path = tmp_path / "fasta" / "big.fasta"
-    write_fasta(path, "big", 3000, rng, lengths=(20, 60))
+    plain = tmp_path / "big-plain.fasta"  # the reference's copy, outside the inputs
+    write_fasta(plain, "big", 3000, rng, lengths=(20, 60))
+    (tmp_path / "fasta" / "big.faa.gz").write_bytes(gzip.compress(plain.read_bytes()))
     settings = {
         "input_dir": "fasta",
         "model": str(tiny_model),
@@ -66,7 +72,7 @@ def big_file(tmp_path, tiny_model):
         "cpu_slots": 2,
         "lock_dir": str(tmp_path / "locks"),
         # four shards of the one file
-        "shard_size": path.stat().st_size // 4 + 1,
+        "shard_size": plain.stat().st_size // 4 + 1,
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(settings))
     return tmp_path
@@ -106,7 +112,7 @@ def test_a_large_file_in_shards_on_both_slots_survives_a_kill_and_a_failed_shard
     assert [kept[label]["attempt"] for label in ("1-of-4", "4-of-4")] == [1, 1]
     # the failed shard fails its file, named
     (line,) = failed_lines(workdir)
-    assert line.startswith("fasta/big.fasta|OOM|shard 3-of-4: sequence '"), line
+    assert line.startswith("fasta/big.faa.gz|OOM|shard 3-of-4: sequence '"), line
     assert "does not fit in memory even alone" in line
     assert not (workdir / "results" / "embeddings" / "big.pt").exists()
     shards = workdir / "results" / ".seqembed" / "shards" / "big"
@@ -133,10 +139,28 @@ def test_a_large_file_in_shards_on_both_slots_survives_a_kill_and_a_failed_shard
         assert shard_record(workdir, label)["finished"] == record["finished"], label
     assert shard_record(workdir, "3-of-4")["status"] == "done"
     # one output, equal to fair-esm's in input order; the shards are gone
-    assert_embeddings_correct(workdir, tiny_model, ["big"])
+    records = read_fasta(workdir / "big-plain.fasta", PROTEIN_ALPHABET)
+    embedded = torch.load(workdir / "results" / "embeddings" / "big.pt")
+    assert embedded["ids"] == records.ids
+    expected = reference_embeddings(tiny_model, records.sequences, [3], 1022)[3]
+    assert (embedded["mean_representations"][3] - expected).abs().max().item() <= 1e-5
     assert list(shards.glob("*.pt")) == []
     summary = summary_checked(workdir)
     assert summary["files"]["done"] == 1 and summary["files"]["computed_this_run"] == 1
     assert sum(device["shards"] for device in summary["devices"].values()) == 1
     gathered = json.loads((workdir / "results" / "records" / "big.json").read_text())
     assert gathered["sequences"] == 3000 and gathered["shards"] == LABELS
+
+    # another layer: every shard again; the first fails, and the last run's output, which the
+    # gather would have replaced, does not pass for this run's
+    changed = snakemake(
+        workdir,
+        "--config",
+        "layers=[2]",
+        faults={"files": {"big.shard-1-of-4": {"oom_above_tokens": 1}}},
+    )
+    assert changed.returncode == 1, changed.stdout + changed.stderr
+    assert not (workdir / "results" / "embeddings" / "big.pt").exists()
+    (line,) = failed_lines(workdir)
+    assert line.startswith("fasta/big.faa.gz|OOM|shard 1-of-4: sequence '"), line
+    assert "seqembed: OOM: fasta/big.faa.gz: shard 1-of-4: sequence '" in changed.stderr

@@ -38,10 +38,10 @@ wildcard_constraints:
 # name -> shards, for the files computed in more than one (config shard_size): known from
 # the files' sizes alone, so every reading of the workflow finds the same
 SHARDS = shard_counts(FILES, config["shard_size"])
-# the names whose output the gather writes, and (by a look-ahead over the output's name) those
-# whose embed job writes it
+# the names whose output the gather writes, and (by a look-ahead over the rest of the output's
+# name, or over the name alone) those whose embed job writes it
 SHARDED = shard_regex(SHARDS)
-WHOLE = rf"(?!(?:{SHARDED})\.{re.escape(LAYOUT.output_format)}$)[^/]+"
+WHOLE = rf"(?!(?:{SHARDED})(?:\.{re.escape(LAYOUT.output_format)})?$)[^/]+"
 
 
 def input_size(wildcards):

@@ -16,6 +16,19 @@ from seqembed.output import flush_to_disk, output_error, temporary_path, write_t
 
 #: bytes of one dataset copied at a time
 BLOCK_BYTES = 64 << 20
+#: the whole content of a shard that holds no record (past the first): written without a
+#: model, skipped by the gather. The first shard is always computed: it gives the layers and
+#: the width an output of nothing still has.
+EMPTY_SHARD = b"seqembed: a shard without records\n"
+
+
+def write_empty_shard(output: str) -> Path:
+    return write_temporary(output, lambda stream: stream.write(EMPTY_SHARD))
+
+
+def _holds_records(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(EMPTY_SHARD) + 1) != EMPTY_SHARD
 
 
 def _merged(parts: list):
@@ -33,12 +46,29 @@ def _merged(parts: list):
     return first
 
 
-def gather_pt(shards: list[str], output: str) -> Path:
+#: where each layout keeps the ids
+ID_KEYS = ("ids", "proteins", "nucleotide")
+
+
+def _residue_bytes(payload: dict) -> int:
+    rows = payload.get("representations", {})
+    return sum(t.numel() * t.element_size() for by_layer in rows.values() for t in by_layer)
+
+
+def gather_pt(shards: list[str], output: str, name: str, source: str) -> tuple[Path, list[str]]:
     import torch
+
+    from seqembed import faults
+    from seqembed.compute.writers import PT_RESIDUE_LIMIT_BYTES, too_large
 
     loaded = [torch.load(path, mmap=True, weights_only=True) for path in shards]
     payload = _merged(loaded)
-    return write_temporary(output, lambda stream: torch.save(payload, stream))
+    # each shard was under the limit; the file's one output must be too
+    limit = faults.pt_limit(PT_RESIDUE_LIMIT_BYTES, name)
+    if _residue_bytes(payload) > limit:
+        raise too_large(source, _residue_bytes(payload), limit)
+    ids = next(payload[key] for key in ID_KEYS if key in payload)
+    return write_temporary(output, lambda stream: torch.save(payload, stream)), ids
 
 
 def _copy_rows(source, target, start: int) -> None:
@@ -50,7 +80,7 @@ def _copy_rows(source, target, start: int) -> None:
         target[start + first : start + last] = source[first:last]
 
 
-def gather_h5(shards: list[str], output: str) -> Path:
+def gather_h5(shards: list[str], output: str, name: str, source: str) -> tuple[Path, list[str]]:
     import h5py
 
     temporary = temporary_path(output)
@@ -86,14 +116,19 @@ def gather_h5(shards: list[str], output: str) -> Path:
     finally:
         for part in opened:
             part.close()
-    return temporary
+    return temporary, ids
 
 
-def gather(shards: list[str], output: str, output_format: str) -> Path:
-    """The joined output under a temporary name beside `output`, for the job to commit;
-    OutputError when it cannot be written."""
+def gather(
+    shards: list[str], output: str, output_format: str, *, name: str = "", source: str = ""
+) -> tuple[Path, list[str]]:
+    """The joined output under a temporary name beside `output`, for the job to commit, and
+    the file's ids; OutputError when it cannot be written, OutputTooLarge for a .pt whose
+    per-residue rows together are over the limit."""
     join = gather_h5 if output_format == "h5" else gather_pt
+    parts = [os.fspath(path) for path in shards]
     try:
-        return join([os.fspath(path) for path in shards], output)
+        parts = [part for index, part in enumerate(parts) if index == 0 or _holds_records(part)]
+        return join(parts, output, name, source or output)
     except OSError as error:
         raise output_error(output, error) from None

@@ -29,6 +29,14 @@ def _size(count: int) -> str:
     return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
+def too_large(source: str, size: int, limit: int) -> OutputTooLarge:
+    return OutputTooLarge(
+        f"{source}: per-residue output of {_size(size)} is over the {_size(limit)} a .pt file "
+        "may hold (it is built in memory); set output_format: h5, which writes it as it is "
+        "computed"
+    )
+
+
 class OutputWriter:
     """What both formats share: the request's settings and the residue rows' dtype."""
 
@@ -68,12 +76,10 @@ class PtWriter(OutputWriter):
     def __init__(self, request: dict, layers: list[int], embed_dim: int, meta: dict) -> None:
         super().__init__(request, layers, embed_dim, meta)
         limit = faults.pt_limit(PT_RESIDUE_LIMIT_BYTES, request["name"])
-        if self.residue_bytes() > limit:
-            raise OutputTooLarge(
-                f"{meta['source']}: per-residue output of {_size(self.residue_bytes())} is "
-                f"over the {_size(limit)} a .pt file may hold (it is built in memory); set "
-                "output_format: h5, which writes it as it is computed"
-            )
+        # a shard's output joins its file's: judged by the file's, its own times the shards
+        expected = self.residue_bytes() * request.get("shards", 1)
+        if expected > limit:
+            raise too_large(meta["source"], expected, limit)
         self.rows: dict[int, list] = {layer: [None] * len(self.ids) for layer in layers}
 
     def residues(self, positions: list[list[int]], by_layer: dict) -> None:

@@ -52,9 +52,11 @@ class EmbedJob:
     settings: dict = field(default_factory=dict)
     threads: int = 1
     attempt: int = 1
-    #: a shard (seqembed.shards): its label, and the bytes of the content whose records it owns
+    #: a shard (seqembed.shards): its label, the bytes of the content whose records it owns,
+    #: and its file's output, which the gather will make anew
     shard: str | None = None
     section: tuple[int, int | None] = (0, None)
+    replaces: str | None = None
 
     @property
     def input_name(self) -> str:
@@ -102,6 +104,22 @@ def waiting_news(job: EmbedJob, holders: dict[str, dict]) -> None:
         say(job.config, news_level(), f"{job.name}: waiting for a free device")
 
 
+def empty_shard(output: str) -> dict:
+    """What compute() returns, for a shard without records (past the first)."""
+    from seqembed.compute.gather import write_empty_shard
+
+    figures = ("unique_sequences", "real_tokens", "computed_tokens", "batches", "oom_backoffs")
+    return {
+        "temporary": str(write_empty_shard(output)),
+        **dict.fromkeys(figures, 0),
+        "model": None,
+        "layers": [],
+        "compute_seconds": 0.0,
+        "model_was_loaded": True,
+        "model_load_seconds": 0.0,
+    }
+
+
 def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] = ()) -> dict:
     """Embed one file and write its output and record; returns the record."""
     started = time.time()
@@ -114,8 +132,17 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
     lengths = [len(sequence) for sequence in records.sequences]
     for stale in stale_temporaries(job.output):
         stale.unlink(missing_ok=True)
+    if job.replaces:
+        # as Snakemake removes a job's output when it starts: a shard that fails must not
+        # leave its file's last output to be taken for this run's
+        Path(job.replaces).unlink(missing_ok=True)
     progress = JobProgress(
-        job.state_dir, job.name, file=job.fasta, attempt=job.attempt, total=len(lengths)
+        job.state_dir,
+        job.name,
+        file=job.fasta,
+        shard=job.shard,
+        attempt=job.attempt,
+        total=len(lengths),
     )
     progress.update(status="waiting")
 
@@ -186,10 +213,14 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
             "output_format": config["output_format"],
             "store_float16": config["store_float16"],
             "source": job.fasta,
+            "shards": parse_label(job.shard)[1] if job.shard else 1,
             "state_dir": job.state_dir,
             "faults": faults.text(),
         }
-        stats = compute(job, label, request, on_event)
+        if not lengths and job.shard and not job.shard.startswith("1-of-"):
+            stats = empty_shard(job.output)  # no model needed: the gather skips it
+        else:
+            stats = compute(job, label, request, on_event)
         temporary = stats.pop("temporary")
         reason = runstate.abort_reason(job.state_dir)
         if reason:

@@ -16,11 +16,18 @@ from dataclasses import dataclass, field
 from seqembed import runstate
 from seqembed.compute.gather import gather
 from seqembed.errors import classify
-from seqembed.job.records import input_stamp, keep_receipt, read_record, write_record
+from seqembed.job.records import (
+    input_stamp,
+    keep_receipt,
+    read_record,
+    receipt_path,
+    write_record,
+)
 from seqembed.output import commit, output_error, stale_temporaries
+from seqembed.shards import shard_job_name
 
 #: figures of the file that are the sums of its shards'
-SUMMED = ("sequences", "residues", "truncated_sequences", "duplicate_ids")
+SUMMED = ("residues", "truncated_sequences")
 
 
 @dataclass(frozen=True)
@@ -57,17 +64,24 @@ def run_gather_job(job: GatherJob) -> dict:
         for stale in stale_temporaries(job.output):
             stale.unlink(missing_ok=True)
         write_record(job.record, job.state_dir, {**base, "status": "running"})
-        temporary = gather(job.shards, job.output, job.output_format)
+        temporary, ids = gather(
+            job.shards, job.output, job.output_format, name=job.name, source=job.fasta
+        )
         try:
             commit(temporary, job.output)
         except OSError as error:
             raise output_error(job.output, error) from None
         keep_receipt(job.state_dir, job.name, job.output)
+        for label in job.labels:  # their hard links would keep the shards on the disk
+            receipt_path(job.state_dir, shard_job_name(job.name, label)).unlink(missing_ok=True)
         parts = [read_record(path) or {} for path in job.shard_records]
         finished = time.time()
         record = {
             **base,
             **{key: sum(part.get(key, 0) for part in parts) for key in SUMMED},
+            "sequences": len(ids),
+            # across shards too
+            "duplicate_ids": len(ids) - len(set(ids)),
             "status": "done",
             "finished": finished,
             "gather_seconds": finished - started,

@@ -81,34 +81,41 @@ def shard_records(layout: RunLayout, shards: Mapping[str, int]) -> dict[str, lis
 
 
 def _failed_shard(layout, name, count, since, failures, settings) -> dict | None:
-    """Why a sharded file has no output: the first shard that failed in this run (its
-    record, or the event log where the record could not be written). The finished shards
-    that Snakemake removed with a failed group are put back meanwhile, so that the rerun
-    redoes only the failed ones."""
+    """Why a sharded file has no output: the failure of its shards in this run that says the
+    most (a shard's own error before one that was only stopped by the abort or died without
+    a word; then the earliest), from its record or, where the record could not be written,
+    from the event log. The finished shards that Snakemake removed with a failed group are
+    put back meanwhile, so that the rerun redoes only the failed ones."""
     from seqembed.job.records import restore
 
-    failed = None
+    failed = []
     for label in labels(count):
         record = read_record(layout.shard_record(name, label))
         event = failures.get(shard_job_name(name, label))
-        if record is None or not _this_run(record, since):
-            record = None
-        elif record["status"] == "done":
-            if settings is not None:
-                restore(record, layout.state, dict(settings))
-            continue
-        if failed is None and record is not None:
-            failed = {**record, "name": name, "shard": label}
-        elif failed is None and event is not None:
-            failed = {
-                "status": "failed",
-                "name": name,
-                "file": event["file"],
-                "shard": label,
-                "error_type": event["error_type"],
-                "error_message": event["message"],
-            }
-    return failed
+        if record is not None and _this_run(record, since):
+            if record["status"] == "done":
+                if settings is not None:
+                    restore(record, layout.state, dict(settings))
+                continue
+            failed.append({**record, "name": name, "shard": label})
+        elif event is not None:
+            failed.append(
+                {
+                    "status": "failed",
+                    "name": name,
+                    "file": event["file"],
+                    "shard": label,
+                    "error_type": event["error_type"],
+                    "error_message": event["message"],
+                    "finished": event.get("time"),
+                }
+            )
+
+    def telling(record: dict) -> tuple:
+        vague = record["status"] == "running" or record.get("error_type") in ("Aborted", "Crash")
+        return vague, record.get("finished") or float("inf")
+
+    return min(failed, key=telling, default=None)
 
 
 def _not_done(name: str, file: str, record: dict | None, event: dict | None, aborted) -> dict:

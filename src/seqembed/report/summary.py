@@ -32,11 +32,12 @@ def _as_failure(record: dict, aborted: str | None) -> dict:
         return record
     if aborted:
         return {**record, "error_type": "Aborted", "error_message": f"stopped: {aborted}"}
+    where = f"on {record['device']}, " if record.get("device") else ""
     return {
         **record,
         "error_type": "Crash",
-        "error_message": f"job ended without a result (killed, segfault or lost node) on "
-        f"{record.get('device')}, attempt {record.get('attempt')}",
+        "error_message": f"job ended without a result (killed, segfault or lost node) "
+        f"{where}attempt {record.get('attempt')}",
     }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from seqembed.shards import parse_size
+from seqembed.shards import SMALLEST, parse_size
 
 
 class ConfigError(Exception):
@@ -71,6 +71,11 @@ def validate_config(config: dict, schema_path: str | os.PathLike) -> dict:
         raise ConfigError(f"config key '{key}': {error.message}" + (f" ({hint})" if hint else ""))
     checked["gpus"] = _normalize_gpus(checked["gpus"])
     checked["shard_size"] = parse_size(checked["shard_size"])
+    if 0 < checked["shard_size"] < SMALLEST:
+        raise ConfigError(
+            f"config key 'shard_size': {checked['shard_size']} bytes is too small (at least "
+            f"{SMALLEST:,}; sizes are bytes, e.g. 200M)"
+        )
     _check_virnucpro(checked)
     unasked = sorted(set(checked["store_float16"]) - set(checked["include"]))
     if unasked:
