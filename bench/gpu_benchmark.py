@@ -383,7 +383,7 @@ def main() -> None:
                 f"{name}: mean only {cost['mean']:,.0f} tokens/s, with per-residue rows to "
                 f"HDF5 (float16) {cost['per_tok_h5_fp16']:,.0f} tokens/s ({cost['ratio']:.2f}x)"
             )
-            figures["sharded"] = shard_cost(path, inputs, args.out, device)
+            figures["sharded"] = shard_cost(path, inputs, args.out, device, 2 if smoke else 4)
             sharded = figures["sharded"]
             in_shards = sharded[f"wall_seconds_{sharded['shards']}"]
             print(

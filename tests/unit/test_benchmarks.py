@@ -39,6 +39,6 @@ def test_gpu_benchmark_runs_end_to_end_in_smoke_mode(tmp_path):
     assert e2e["resident"]["wall_seconds"] > 0 and e2e["speedup"] > 0
     assert tiny["per_residue"]["mean"] > 0 and tiny["per_residue"]["per_tok_h5_fp16"] > 0
     assert tiny["transformers_tokens_per_s"] > 0 and tiny["transformers_load_seconds"] > 0
-    # one file whole and in four shards on one device: what a shard costs
-    assert tiny["sharded"]["wall_seconds_1"] > 0 and tiny["sharded"]["wall_seconds_4"] > 0
+    # one file whole and in shards (two in smoke mode) on one device: what a shard costs
+    assert tiny["sharded"]["wall_seconds_1"] > 0 and tiny["sharded"]["wall_seconds_2"] > 0
     assert list((tmp_path / "models").iterdir()) == []  # large checkpoints are cleaned up

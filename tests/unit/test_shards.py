@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 
 import h5py
@@ -355,8 +356,11 @@ def test_the_gather_job_records_the_file_and_frees_its_shards(tmp_path):
         shards=parts,
         shard_records=[str(tmp_path / "none.json")] * 2,
     )
+    stale = tmp_path / "1-of-5.pt"  # a shard of the file cut another way, by an earlier run
+    stale.write_bytes(b"x")
     record = run_gather_job(job)
     assert record["sequences"] == 3 and record["duplicate_ids"] == 1
+    assert not stale.exists() and all(map(os.path.exists, parts))
     assert torch.load(job.output)["ids"] == ["a", "b", "a"]
     assert list((state / "finished").iterdir()) == [state / "finished" / "big"]
 

@@ -1,5 +1,5 @@
 """One large file on every device: real `snakemake` runs with two CPU slots and one gzip file
-of 3,000 sequences in four shards. The faults (SEQEMBED_TEST_FAULTS) are those of the other
+of 2,000 sequences in four shards. The faults (SEQEMBED_TEST_FAULTS) are those of the other
 failure tests: a job killed mid-write, an out-of-memory error injected where CUDA raises it."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def big_file(tmp_path, tiny_model):
     rng = random.Random(17)
     (tmp_path / "fasta").mkdir()
     plain = tmp_path / "big-plain.fasta"  # the reference's copy, outside the inputs
-    write_fasta(plain, "big", 3000, rng, lengths=(20, 60))
+    write_fasta(plain, "big", 2000, rng, lengths=(20, 60))
     (tmp_path / "fasta" / "big.faa.gz").write_bytes(gzip.compress(plain.read_bytes()))
     settings = {
         "input_dir": "fasta",
@@ -149,7 +149,7 @@ def test_a_large_file_in_shards_on_both_slots_survives_a_kill_and_a_failed_shard
     assert summary["files"]["done"] == 1 and summary["files"]["computed_this_run"] == 1
     assert sum(device["shards"] for device in summary["devices"].values()) == 1
     gathered = json.loads((workdir / "results" / "records" / "big.json").read_text())
-    assert gathered["sequences"] == 3000 and gathered["shards"] == LABELS
+    assert gathered["sequences"] == 2000 and gathered["shards"] == LABELS
 
     # another layer: every shard again; the first fails, and the last run's output, which the
     # gather would have replaced, does not pass for this run's

@@ -12,6 +12,7 @@ import resource
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from seqembed import runstate
 from seqembed.compute.gather import gather
@@ -46,6 +47,19 @@ class GatherJob:
     attempt: int = 1
 
 
+def _forget_other_shardings(job: GatherJob) -> None:
+    """Shards and shard records of the file cut another way (shard_size changed after a run
+    that failed): the output they were for is made now."""
+    current = set(job.labels)
+    folders = {Path(shard).parent for shard in job.shards}
+    folders |= {Path(record).parent for record in job.shard_records}
+    for folder in folders:
+        for path in folder.glob("*-of-*"):
+            label = path.name.split(".")[0]
+            if label not in current and path.is_file():
+                path.unlink(missing_ok=True)
+
+
 def run_gather_job(job: GatherJob) -> dict:
     started = time.time()
     base = {
@@ -74,6 +88,7 @@ def run_gather_job(job: GatherJob) -> dict:
         keep_receipt(job.state_dir, job.name, job.output)
         for label in job.labels:  # their hard links would keep the shards on the disk
             receipt_path(job.state_dir, shard_job_name(job.name, label)).unlink(missing_ok=True)
+        _forget_other_shardings(job)
         parts = [read_record(path) or {} for path in job.shard_records]
         finished = time.time()
         record = {

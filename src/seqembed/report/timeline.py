@@ -1,8 +1,8 @@
-"""The run as a picture: one lane per device, one bar per file from the moment its job
-claimed the device to its end, coloured by outcome, so load balance and idle gaps show at a
-glance; the start-up and model load a file paid for (a worker started for it) is the bar's
-first part, in a colour of its own, so fixed costs read as what they are. Beside it the
-throughput of each device. Drawn from the per-file records only, like
+"""The run as a picture: one lane per device, one bar per file (or shard of a large file)
+from the moment its job claimed the device to its end, coloured by outcome, so load balance
+and idle gaps show at a glance; the start-up and model load a file paid for (a worker started
+for it) is the bar's first part, in a colour of its own, so fixed costs read as what they
+are. Beside it the throughput of each device. Drawn from the per-file records only, like
 the summary, and written next to summary.json (and into Snakemake's HTML report).
 """
 
