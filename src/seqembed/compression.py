@@ -9,7 +9,9 @@ fallback where isal is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import itertools
 import os
 import zlib
 from collections.abc import Iterator
@@ -62,65 +64,71 @@ def open_input(path: str | os.PathLike) -> IO[bytes]:
     return open(path, "rb")
 
 
-def _chunks(stream: IO[bytes], start: int, skipped: dict) -> Iterator[bytes]:
-    """The stream's content from the first line that begins at or after `start`; the lines
-    before it are only counted, at the speed of C, into `skipped` (lines, and bytes: where
-    the first chunk begins)."""
-    position = 0
-    while start > 0:
-        chunk = stream.read(CHUNK)
-        if not chunk:
-            return  # the content ends before `start`
+@contextlib.contextmanager
+def _reading(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """The file's content as a stream; decompression failures, wherever the reading meets
+    them, as CorruptInput."""
+    try:
+        with open_input(path) as stream:
+            yield stream
+    except (EOFError, zlib.error, IsalError, gzip.BadGzipFile) as error:
+        reason = str(error) or type(error).__name__
+        if isinstance(error, EOFError):
+            reason = "truncated: the compressed data ends early"
+        raise CorruptInput(f"corrupt gzip: {reason}") from None
+
+
+def _split(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Chunks of content as lines without their newline, split in C."""
+    # the unfinished last line, in pieces: an unwrapped chromosome is one line of hundreds of
+    # MB, and joining it anew for every chunk would be quadratic
+    partial: list[bytes] = []
+    for chunk in chunks:
+        split = chunk.split(b"\n")
+        if len(split) == 1:
+            partial.append(chunk)
+            continue
+        split[0] = b"".join([*partial, split[0]])
+        partial = [split.pop()]
+        yield from split
+    if partial and (rest := b"".join(partial)):
+        yield rest
+
+
+def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
+    return iter(lambda: stream.read(CHUNK), b"")
+
+
+def _skip_to(stream: IO[bytes], start: int) -> tuple[int, int, bytes]:
+    """Read past the lines that begin before the content's byte `start`, only counting them,
+    at the speed of C: (lines skipped, offset of the first line kept, the rest of its chunk)."""
+    position = skipped = 0
+    while start > 0 and (chunk := stream.read(CHUNK)):
         # a line begins at `start` or later right after a newline at start - 1 or later
         newline = chunk.find(b"\n", max(0, start - 1 - position))
-        if newline < 0:
-            skipped["lines"] += chunk.count(b"\n")
-            position += len(chunk)
-            continue
-        skipped["lines"] += chunk.count(b"\n", 0, newline) + 1
-        skipped["bytes"] = position + newline + 1
-        yield chunk[newline + 1 :]
-        break
-    while chunk := stream.read(CHUNK):
-        yield chunk
+        if newline >= 0:
+            skipped += chunk.count(b"\n", 0, newline) + 1
+            return skipped, position + newline + 1, chunk[newline + 1 :]
+        skipped += chunk.count(b"\n")
+        position += len(chunk)
+    return skipped, position, b""
+
+
+def lines(path: str | os.PathLike) -> Iterator[bytes]:
+    """The file's lines without their newline. Read in large chunks and split in C: reading a
+    gzip stream line by line costs more than decompressing it."""
+    with _reading(path) as stream:
+        yield from _split(_chunks(stream))
 
 
 def lines_from(path: str | os.PathLike, start: int = 0) -> Iterator[tuple[int, int, bytes]]:
     """(line number, offset in the content, line without its newline) of the lines that begin
     at or after the content's byte `start`, numbered from the file's first line: a shard's
     lines (seqembed.shards), named in errors as the whole file's lines."""
-    skipped = {"lines": 0, "bytes": 0}
-    number = offset = 0
-    for line in lines(path, start, skipped):
-        if not number:
-            number, offset = skipped["lines"] + 1, skipped["bytes"]
-        yield number, offset, line
-        number += 1
-        offset += len(line) + 1
-
-
-def lines(path: str | os.PathLike, start: int = 0, skipped: dict | None = None) -> Iterator[bytes]:
-    """The file's lines without their newline (from the first line beginning at or after the
-    content's byte `start`, the lines before it counted into `skipped`). Read in large chunks
-    and split in C: reading a gzip stream line by line costs more than decompressing it."""
-    try:
-        with open_input(path) as stream:
-            # the unfinished last line, in pieces: an unwrapped chromosome is one line of
-            # hundreds of MB, and joining it anew for every chunk would be quadratic
-            partial: list[bytes] = []
-            skipped = {"lines": 0, "bytes": 0} if skipped is None else skipped
-            for chunk in _chunks(stream, start, skipped):
-                split = chunk.split(b"\n")
-                if len(split) == 1:
-                    partial.append(chunk)
-                    continue
-                split[0] = b"".join([*partial, split[0]])
-                partial = [split.pop()]
-                yield from split
-            if partial and (rest := b"".join(partial)):
-                yield rest
-    except (EOFError, zlib.error, IsalError, gzip.BadGzipFile) as error:
-        reason = str(error) or type(error).__name__
-        if isinstance(error, EOFError):
-            reason = "truncated: the compressed data ends early"
-        raise CorruptInput(f"corrupt gzip: {reason}") from None
+    with _reading(path) as stream:
+        skipped, offset, first = _skip_to(stream, start)
+        for number, line in enumerate(
+            _split(itertools.chain([first], _chunks(stream))), start=skipped + 1
+        ):
+            yield number, offset, line
+            offset += len(line) + 1
