@@ -14,6 +14,7 @@ last one is open-ended, so an estimate that falls short loses nothing.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -54,8 +55,14 @@ def parse_size(value) -> int:
 def content_size(path: str | os.PathLike) -> int:
     """The bytes of FASTA the file holds: its size, or for gzip an estimate from the ratio of
     its first SAMPLE_BYTES (exact for a file that small). Deterministic: every reading of the
-    workflow (on a cluster, every job's) finds the same shards."""
-    size = os.path.getsize(path)
+    workflow (on a cluster, every job's) finds the same shards. Estimated once per version of
+    the file: every shard's section asks again."""
+    stat = os.stat(path)
+    return _content_size(os.fspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _content_size(path: str, size: int, mtime_ns: int) -> int:
     with open(path, "rb") as handle:
         if handle.read(2) != GZIP_MAGIC:
             return size
@@ -122,6 +129,11 @@ def section(path: str | os.PathLike, label: str) -> tuple[int, int | None]:
 def shard_job_name(name: str, label: str) -> str:
     """How the shard's job, record and progress are named."""
     return f"{name}.shard-{label}"
+
+
+def job_names(name: str, count: int) -> list[str]:
+    """The jobs that compute a file: itself, or its shards."""
+    return [name] if count == 1 else [shard_job_name(name, label) for label in labels(count)]
 
 
 def shard_regex(names) -> str:

@@ -9,6 +9,7 @@ concatenated pooled vectors are built in memory, as a whole file's job builds th
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -65,16 +66,16 @@ def gather_pt(shards: list[str], output: str, name: str, source: str) -> tuple[P
     payload = _merged(loaded)
     # each shard was under the limit; the file's one output must be too
     limit = faults.pt_limit(PT_RESIDUE_LIMIT_BYTES, name)
-    if _residue_bytes(payload) > limit:
-        raise too_large(source, _residue_bytes(payload), limit)
+    if (size := _residue_bytes(payload)) > limit:
+        raise too_large(source, size, limit)
     ids = next(payload[key] for key in ID_KEYS if key in payload)
     return write_temporary(output, lambda stream: torch.save(payload, stream)), ids
 
 
 def _copy_rows(source, target, start: int) -> None:
     rows = source.shape[0]
-    row_bytes = max(1, source.dtype.itemsize * int(max(1, source.size // max(rows, 1))))
-    step = max(1, BLOCK_BYTES // row_bytes)
+    row_bytes = source.dtype.itemsize * math.prod(source.shape[1:])
+    step = max(1, BLOCK_BYTES // max(1, row_bytes))
     for first in range(0, rows, step):
         last = min(rows, first + step)
         target[start + first : start + last] = source[first:last]

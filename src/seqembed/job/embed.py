@@ -217,7 +217,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
             "state_dir": job.state_dir,
             "faults": faults.text(),
         }
-        if not lengths and job.shard and not job.shard.startswith("1-of-"):
+        if not lengths and job.shard and parse_label(job.shard)[0] > 1:
             stats = empty_shard(job.output)  # no model needed: the gather skips it
         else:
             stats = compute(job, label, request, on_event)

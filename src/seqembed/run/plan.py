@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from seqembed.devices import DeviceError, resolve_pool
 from seqembed.fasta import fasta_stats
 from seqembed.output import write_json, write_text
-from seqembed.shards import labels, shard_job_name
+from seqembed.shards import job_names
 
 COLUMNS = [
     "name",
@@ -51,21 +51,17 @@ def make_plan(
     stats = {name: fasta_stats(path) for name, path in files.items()}
     tokens = {name: count_tokens(path) for name, path in files.items()} if count_tokens else {}
     loads = tokens or {name: s.residues for name, s in stats.items()}
-    units = {}  # what the scheduler places: whole files and shards
-    for name, load in loads.items():
-        count = shards.get(name, 1)
-        if count == 1:
-            units[name] = load
-            continue
-        for index, label in enumerate(labels(count)):
-            units[shard_job_name(name, label)] = load // count + (index < load % count)
+    jobs = {name: job_names(name, shards.get(name, 1)) for name in files}
+    # what the scheduler places: whole files, and shards with an equal share of their file's
+    units = {
+        job: loads[name] // len(names) + (index < loads[name] % len(names))
+        for name, names in jobs.items()
+        for index, job in enumerate(names)
+    }
     assignment = assign(units, pool)
 
     def devices_of(name: str) -> list[str]:
-        count = shards.get(name, 1)
-        if count == 1:
-            return [assignment.device_of[name]]
-        return [assignment.device_of[shard_job_name(name, label)] for label in labels(count)]
+        return [assignment.device_of[job] for job in jobs[name]]
 
     rows = [
         {
