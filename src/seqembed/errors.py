@@ -121,6 +121,15 @@ class Verdict:
         )
 
 
+def failure_line(file: str, error_type: str, message: str, shard: str | None = None) -> str:
+    """The one line a failure prints, `seqembed: <type>: <file>: [shard <k-of-n>: ]<message>`,
+    the file left out where the message names it already."""
+    where = "" if file in message else f"{file}: "
+    if shard:
+        where = f"{where}shard {shard}: "
+    return f"seqembed: {error_type}: {where}{message}"
+
+
 class Failed(SeqembedError):
     """A verdict reached elsewhere (the worker), raised again where the failure is recorded."""
 

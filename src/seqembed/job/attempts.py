@@ -23,7 +23,15 @@ import time
 
 from seqembed import runstate
 from seqembed.devices import slurm_job
-from seqembed.errors import Aborted, Crash, Failed, OutputError, Verdict, classify
+from seqembed.errors import (
+    Aborted,
+    Crash,
+    Failed,
+    OutputError,
+    Verdict,
+    classify,
+    failure_line,
+)
 from seqembed.job.embed import EmbedJob, run_embed_job
 from seqembed.job.progress import publish_outcome
 from seqembed.job.records import last_attempt_path, read_record, restore, write_record
@@ -56,7 +64,7 @@ def run_or_record_failure(job: EmbedJob) -> dict:
                     )
                 )
                 retry_of = {**retry_of, **verdict.as_dict()}
-                _count(job, verdict, retry_of["attempt"])
+                count_failure(job, verdict, retry_of["attempt"])
         if retry_of:
             history.append(_attempt(retry_of))
             if retry_of.get("deterministic"):
@@ -79,7 +87,7 @@ def run_or_record_failure(job: EmbedJob) -> dict:
         raise
     except Exception as error:  # noqa: BLE001 - every failure must leave a record
         verdict = classify(error)
-        _count(job, verdict, job.attempt)
+        count_failure(job, verdict, job.attempt)
         _fail(job, history, verdict)
     with contextlib.suppress(OSError):  # the success is on disk; only the streak misses it
         runstate.record_outcome(job.state_dir, job.name, job.fasta, None, attempt=job.attempt)
@@ -97,10 +105,10 @@ def _restored(job: EmbedJob, done: dict) -> dict | None:
     return record
 
 
-def _count(job: EmbedJob, verdict: Verdict, attempt: int) -> None:
+def count_failure(job, verdict: Verdict, attempt: int) -> None:
     """Into the run's event log (whose space is reserved): towards the abort if the failure
     counts, and for the summary and the next attempt in any case, should the record not make
-    it to the disk."""
+    it to the disk. `job`: an embed or a gather job (its state_dir, name and fasta)."""
     try:
         runstate.record_outcome(
             job.state_dir,
@@ -175,7 +183,5 @@ def _fail(job: EmbedJob, history: list[dict], verdict: Verdict):
         error_type=verdict.error_type,
         error_message=verdict.message,
     )
-    where = "" if job.fasta in verdict.message else f"{job.fasta}: "
-    if job.shard:
-        where = f"{where}shard {job.shard}: "
-    raise SystemExit(f"seqembed: {verdict.error_type}: {where}{verdict.message}{unrecorded}")
+    line = failure_line(job.fasta, verdict.error_type, verdict.message, job.shard)
+    raise SystemExit(line + unrecorded)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import resource
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from seqembed import runstate
 from seqembed.compute.gather import gather
-from seqembed.errors import classify
+from seqembed.errors import classify, failure_line
+from seqembed.job.attempts import count_failure
 from seqembed.job.records import (
     input_stamp,
     keep_receipt,
@@ -106,28 +106,14 @@ def run_gather_job(job: GatherJob) -> dict:
         write_record(job.record, job.state_dir, record)
     except Exception as error:  # noqa: BLE001 - every failure must leave a record
         verdict = classify(error)
-        try:
-            runstate.record_outcome(
-                job.state_dir,
-                job.name,
-                job.fasta,
-                verdict.error_type,
-                f"gathering its shards: {verdict.message}",
-                counts=verdict.counts_towards_abort,
-                attempt=job.attempt,
-            )
-        except OSError:
-            pass  # the line below still says it
+        verdict = replace(verdict, message=f"gathering its shards: {verdict.message}")
+        count_failure(job, verdict, job.attempt)
         failed = {**base, "status": "failed", "finished": time.time(), **verdict.as_dict()}
-        failed["error_message"] = f"gathering its shards: {verdict.message}"
         unrecorded = ""
         try:
             write_record(job.record, job.state_dir, failed)
         except Exception:  # noqa: BLE001 - the line below says it
             unrecorded = " (its record could not be written either)"
-        where = "" if job.fasta in verdict.message else f"{job.fasta}: "
-        raise SystemExit(
-            f"seqembed: {verdict.error_type}: {where}gathering its shards: {verdict.message}"
-            f"{unrecorded}"
-        ) from None
+        line = failure_line(job.fasta, verdict.error_type, verdict.message)
+        raise SystemExit(line + unrecorded) from None
     return record

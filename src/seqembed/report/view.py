@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from seqembed import errors
 from seqembed.devices import lane_of
 
 BAR_WIDTH = 20
@@ -144,10 +145,9 @@ def failure_line(job: dict) -> str:
     """A failed attempt in the words the job itself prints (which, on a cluster, ends up in
     SLURM's log instead of on this terminal)."""
     message = " ".join(str(job.get("error_message", "")).split())
-    where = "" if job.get("file", "") in message else f"{job.get('file')}: "
-    if job.get("shard"):
-        where = f"{where}shard {job['shard']}: "
-    return f"seqembed: {job.get('error_type', 'Error')}: {where}{message}"
+    return errors.failure_line(
+        str(job.get("file", "")), job.get("error_type", "Error"), message, job.get("shard")
+    )
 
 
 def header_line(snap: Snapshot) -> str:
