@@ -22,13 +22,18 @@ file closes. A process-wide registry of held lock files therefore refuses a seco
 claim before the file is even opened, which keeps both cases correct. A forked child
 closes its inherited copies of the lock fds, and exec'd children never get them
 (close-on-exec), so a device stays tied to the process that claimed it.
+
+Other users of the host are untrusted (README, "Shared machines"): the folder levels and
+lock files are opened without following links and checked (seqembed.shared_dir); the lock
+file's note says only who holds it (user, pid), and a waiting job names the holder the
+kernel knows (seqembed.lock_holders), not the note. A run's folders go into a note only its
+user can read.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import getpass
 import json
 import os
 import re
@@ -43,6 +48,8 @@ from pathlib import Path
 
 from seqembed.devices import slurm_job
 from seqembed.errors import DeviceError
+from seqembed.lock_holders import describe_holder, private_note_name, read_public_note
+from seqembed.shared_dir import UnsafeFolder, UnusableFile, open_path, open_shared_file, user_name
 
 #: shared by every run and user of a host (sticky and world-writable, like /tmp itself)
 DEFAULT_LOCK_ROOT = "/tmp/seqembed-locks"
@@ -58,9 +65,10 @@ def _forget_claims_in_child() -> None:
     global _held_guard
     _held_guard = threading.Lock()  # another thread may have held it during the fork
     for claim in _held.values():
-        with suppress(OSError):
-            os.close(claim._fd)  # type: ignore[arg-type]
-        claim._fd = None
+        for fd in filter(None, [claim._fd, claim._note_fd]):
+            with suppress(OSError):
+                os.close(fd)
+        claim._fd = claim._note_fd = None
     _held.clear()
 
 
@@ -74,10 +82,16 @@ class DeviceClaim:
     garbage collection cannot free a device the process may still be using.
     """
 
-    def __init__(self, label: str, lock_path: Path, fd: int) -> None:
+    def __init__(
+        self, label: str, lock_path: Path, fd: int, note_fd: int | None, writable: bool
+    ) -> None:
         self.label = label
         self.lock_path = lock_path
         self._fd: int | None = fd
+        self._note_fd = note_fd
+        self._writable = writable
+        #: what a waiting job of this process may learn of the holder
+        self.details: dict = {}
 
     @property
     def held(self) -> bool:
@@ -87,8 +101,14 @@ class DeviceClaim:
         with _held_guard:
             if self._fd is None:
                 return
-            with suppress(OSError):  # an empty file reads as "free" to a person looking
-                os.ftruncate(self._fd, 0)
+            # an empty note reads as "free" to a person looking; only our own files are
+            # written
+            for fd in filter(None, [self._fd if self._writable else None, self._note_fd]):
+                with suppress(OSError):
+                    os.ftruncate(fd, 0)
+            if self._note_fd is not None:
+                os.close(self._note_fd)
+                self._note_fd = None
             # Close before forgetting the path, so no other thread of ours can open it
             # while our fd is still open (with NFS's POSIX locks that close would drop
             # the other thread's fresh lock).
@@ -103,99 +123,164 @@ class DeviceClaim:
         self.release()
 
 
-def _open_lock_file(path: Path) -> int:
-    """Read-write where possible: another user's lock file may be read-only to us, and
-    flock works on a read-only descriptor too (only the holder note is then not written)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    except PermissionError:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    with suppress(OSError):  # only the creator may; the umask must not keep others out
-        os.fchmod(fd, 0o666)
-    return fd
+class Unavailable(Exception):
+    """A device whose lock file this user cannot (or must not) use: one line why."""
 
 
-def _try_lock(label: str, path: Path, holder: str, note: Mapping) -> DeviceClaim | None:
-    key = str(path)
+def lock_name(label: str) -> str:
+    # plain names: old-style MIG ids contain "/"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", label) + ".lock"
+
+
+def _write_note(fd: int, info: Mapping) -> None:
+    with suppress(OSError):  # the notes are for people; the lock protects the device
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+
+
+def _try_lock(
+    label: str, folder: LockFolder, holder: str, note: Mapping
+) -> tuple[DeviceClaim | None, dict]:
+    """(the claim, {}) or, when another process holds the device, (None, who holds it).
+    Raises Unavailable when the lock file cannot be used by this user."""
+    name = lock_name(label)
+    key = str(folder.path / name)
     with _held_guard:
         if key in _held:
-            return None
-        fd = _open_lock_file(path)
+            return None, _held[key].details
+        try:
+            # 0644: every user can open it to lock, nobody else can rewrite the note
+            opened = open_shared_file(folder.fd, folder.path, name, 0o644)
+        except UnusableFile as error:
+            raise Unavailable(f"{label}: {error.strerror}") from None
+        fd = opened.fd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BaseException as exc:
-            os.close(fd)
             # EACCES: what POSIX-lock based flock emulations (NFS) may report instead.
-            if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.EACCES):
-                return None  # held by another process
+            busy = isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.EACCES)
+            held_by = (
+                describe_holder(opened.info, read_public_note(fd), folder.fd, name) if busy else {}
+            )
+            os.close(fd)
+            if busy:
+                return None, held_by
             raise
-        info = {
+        public = {"pid": os.getpid(), "user": _user(), "label": label}
+        private = {
             **note,
-            "pid": os.getpid(),
+            **public,
             "hostname": socket.gethostname(),
-            "user": _user(),
-            "label": label,
             "holder": holder,
             "time": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
-        with suppress(OSError):  # the note is for people; the lock protects the device
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        claim = _held[key] = DeviceClaim(label, path, fd)
-        return claim
+        if opened.writable:
+            _write_note(fd, public)
+        note_fd = None
+        with suppress(UnusableFile, OSError):
+            own = open_shared_file(
+                folder.fd, folder.path, private_note_name(name, os.getuid()), 0o600
+            )
+            if own.writable:
+                note_fd = own.fd
+                _write_note(note_fd, private)
+            else:
+                os.close(own.fd)
+        claim = _held[key] = DeviceClaim(label, folder.path / name, fd, note_fd, opened.writable)
+        claim.details = {"uid": os.getuid(), "command": "this process", **private}
+        return claim, {}
 
 
 def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
-
-
-def _shared_folder(path: Path) -> None:
-    """Create `path` (and its parents) usable by every user of the host, as /tmp is."""
-    missing = []
-    for folder in [path, *path.parents]:
-        if folder.exists():
-            break
-        missing.append(folder)
-    path.mkdir(parents=True, exist_ok=True)
-    for folder in missing:
-        with suppress(OSError):
-            folder.chmod(0o1777)
+    return user_name(os.getuid())
 
 
 def lock_folder(lock_dir: str | os.PathLike | None) -> Path:
-    """Where this process claims devices: one folder per host (per allocation in SLURM)."""
-    folder = Path(lock_dir or DEFAULT_LOCK_ROOT).expanduser().resolve() / socket.gethostname()
+    """Where this process claims devices: one folder per host (per allocation in SLURM).
+    Not resolved: a symlink on the way is refused where the folder is opened, not followed."""
+    root = Path(os.path.abspath(Path(lock_dir or DEFAULT_LOCK_ROOT).expanduser()))
+    folder = root / socket.gethostname()
     if slurm_job():
         folder = folder / f"slurm-{slurm_job()}"
     return folder
 
 
+class LockFolderError(DeviceError):
+    """The lock folder is another user's, or locks do not work in it."""
+
+
+class LockFolder:
+    """The host's (allocation's) lock folder, opened level by level and checked
+    (seqembed.shared_dir); files in it are opened relative to its descriptor."""
+
+    def __init__(self, lock_dir: str | os.PathLike | None) -> None:
+        self.path = lock_folder(lock_dir)
+        root = Path(os.path.abspath(Path(lock_dir or DEFAULT_LOCK_ROOT).expanduser()))
+        # the host level is shared by every user of the host; an allocation's by its jobs
+        levels = [(socket.gethostname(), 0o1777)]
+        if slurm_job():
+            levels.append((f"slurm-{slurm_job()}", 0o700))
+        try:
+            self.fd = open_path(root, levels)
+        except UnsafeFolder as error:
+            raise LockFolderError(
+                f"unsafe device lock folder: {error.strerror}; remove it, or set lock_dir to a "
+                "folder of your own"
+            ) from None
+        except OSError as error:
+            raise LockFolderError(
+                f"cannot create or open the device lock folder {self.path}: "
+                f"{error.strerror or error}; set lock_dir to a folder you can write"
+            ) from None
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> LockFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def check_locking(lock_dir: str | os.PathLike | None) -> str | None:
-    """None when device locks work in `lock_dir`; else one line saying why not. Some network
-    filesystems have no flock (or refuse it): every job would fail to claim a device."""
-    folder = lock_folder(lock_dir)
+    """None when device locks work in `lock_dir`; else one line saying why not: a folder
+    another user controls, or a filesystem without flock (some network filesystems have
+    none, or refuse it: every job would fail to claim a device)."""
     try:
-        _shared_folder(folder)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-") as probe:
+        folder = LockFolder(lock_dir)
+    except LockFolderError as error:
+        return str(error)
+    try:
+        with tempfile.NamedTemporaryFile(
+            dir=f"/proc/self/fd/{folder.fd}", prefix=".probe-"
+        ) as probe:
             fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(probe.fileno(), fcntl.LOCK_UN)
     except OSError as error:
         return (
-            f"device locks do not work in {folder} ({error.strerror or error}): set lock_dir "
-            "to a folder on a local disk (the default is /tmp/seqembed-locks)"
+            f"device locks do not work in {folder.path} ({error.strerror or error}): set "
+            "lock_dir to a folder on a local disk (the default is /tmp/seqembed-locks)"
         )
+    finally:
+        folder.close()
     return None
 
 
-def read_holder(path: Path) -> dict:
-    """The note the holder of a lock file left in it ({} when unreadable or free)."""
-    try:
-        return json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        return {}
+def unavailable_devices(pool: Sequence[str], lock_dir: str | os.PathLike | None) -> dict[str, str]:
+    """label -> why, for the devices of `pool` whose lock file this user cannot use (another
+    user's file it cannot open, a link, not a plain file). The pre-flight opens each once."""
+    unusable = {}
+    with LockFolder(lock_dir) as folder:
+        for label in dict.fromkeys(pool):
+            name = lock_name(label)
+            try:
+                opened = open_shared_file(folder.fd, folder.path, name, 0o644)
+            except UnusableFile as error:
+                unusable[label] = f"device {label} is unavailable to this run: {error.strerror}"
+            else:
+                os.close(opened.fd)
+    return unusable
 
 
 def claim_device(
@@ -216,9 +301,11 @@ def claim_device(
     devices earlier attempts of this file crashed on) is never taken while another device of
     the pool exists: the claim waits for a healthy one, even when the avoided one is the only
     free device; only when every device of the pool is avoided is any taken. ``note`` is
-    written into the lock file for whoever looks (a run's output folder). ``on_wait`` is
-    called once, on the first pass that finds nothing free, with the notes of the holders.
-    Raises DeviceError on an empty pool or when ``timeout_s`` (None: wait forever) runs out.
+    kept for this user's eyes only (a run's output folder). ``on_wait`` is called once, on
+    the first pass that finds nothing free, with who holds each device
+    (seqembed.lock_holders.describe_holder). A device whose lock file this user cannot use
+    is skipped (the pre-flight has said why). Raises DeviceError on an empty pool, when no
+    device of it is usable, or when ``timeout_s`` (None: wait forever) runs out.
     """
     labels = list(dict.fromkeys(pool))
     if not labels:
@@ -227,24 +314,30 @@ def claim_device(
     order += [p for p in labels if p not in order]
     order = [p for p in order if p not in avoid] or order
 
-    host_dir = lock_folder(lock_dir)
-    _shared_folder(host_dir)
-    # Lock file names must be plain names: old-style MIG ids contain "/".
-    paths = {p: host_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", p) + ".lock") for p in order}
-
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     waited = False
-    while True:
-        for label in order:
-            claim = _try_lock(label, paths[label], holder, note or {})
-            if claim is not None:
-                return claim
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            raise DeviceError(
-                f"no free device in pool {order} after {timeout_s}s (locks in {host_dir})"
-            )
-        if not waited and on_wait is not None:
-            on_wait({label: read_holder(paths[label]) for label in order})
-        waited = True
-        time.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - now)))
+    with LockFolder(lock_dir) as folder:
+        while True:
+            holders: dict[str, dict] = {}
+            unusable: dict[str, str] = {}
+            for label in order:
+                try:
+                    claim, holders[label] = _try_lock(label, folder, holder, note or {})
+                except Unavailable as reason:
+                    unusable[label] = str(reason)
+                    continue
+                if claim is not None:
+                    return claim
+            if len(unusable) == len(order):
+                raise DeviceError(
+                    "no device of the pool is usable: " + "; ".join(unusable.values())
+                )
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise DeviceError(
+                    f"no free device in pool {order} after {timeout_s}s (locks in {folder.path})"
+                )
+            if not waited and on_wait is not None:
+                on_wait(holders)
+            waited = True
+            time.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - now)))

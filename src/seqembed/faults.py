@@ -1,9 +1,10 @@
 """Fault injection for tests, so the real recovery code runs on a machine without a GPU.
 
 Switched on only by the environment variable SEQEMBED_TEST_FAULTS (JSON), which nothing but
-the test suite sets; Snakemake passes the environment on to its local jobs, and each job
-hands its faults to the worker with its file (`use`), so a worker started by an earlier run
-step never applies stale ones. Keys:
+the test suite sets; Snakemake passes the environment on to its local jobs, and a worker
+inherits it from the job that started it. Faults are never taken from a request: whoever can
+talk to a worker must not be able to switch them on (README, "Shared machines"). The worker
+tells `use` which file and attempt it serves, for the per-file keys. Keys:
 
 - "oom_above_tokens": N - a batch of more than N padded tokens raises torch.OutOfMemoryError
   exactly where a CUDA allocation would, before the forward pass;
@@ -46,6 +47,11 @@ def text() -> str | None:
 
 def use(faults_text: str | None, name: str | None = None, attempt: int | None = None) -> None:
     _context.update(text=faults_text or "", name=name, attempt=attempt)
+
+
+def serve(name: str | None, attempt: int | None) -> None:
+    """This process computes `name` (attempt `attempt`), with its own environment's faults."""
+    use(os.environ.get(VARIABLE), name, attempt)
 
 
 def _faults(name: str | None = None) -> dict:

@@ -6,6 +6,7 @@ import errno
 import glob
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,23 @@ def stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """What writers of `path` killed mid-write left behind (never the final name)."""
     target = Path(path)
     return list(target.parent.glob(f".{glob.escape(target.name)}.*.tmp"))
+
+
+def is_temporary_of(temporary: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """`temporary` is what this user's writer of `path` makes (temporary_path): a plain file
+    with one link, owned by this user, in `path`'s own folder, named as stale_temporaries
+    finds it. What a job is handed to rename into its results must be nothing else."""
+    candidate, target = os.path.abspath(temporary), os.path.abspath(path)
+    folder, name = os.path.split(candidate)
+    if folder != os.path.dirname(target):
+        return False
+    if not (name.startswith(f".{os.path.basename(target)}.") and name.endswith(".tmp")):
+        return False
+    try:
+        info = os.lstat(candidate)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and info.st_nlink == 1
 
 
 def output_error(path: str | os.PathLike, error: OSError) -> OutputError:

@@ -20,6 +20,7 @@ import pytest
 
 from seqembed import claims as devices
 from seqembed.claims import claim_device
+from seqembed.shared_dir import user_name
 from seqembed.devices import (
     DeviceError,
     cuda_env_for,
@@ -159,21 +160,23 @@ def test_flock_conflicts_between_two_opens_in_one_process(tmp_path):
         os.close(b)
 
 
-def test_lock_file_location_and_holder_line(tmp_path):
+def test_lock_file_location_and_holder_notes(tmp_path):
     with claim_device(["cuda:2"], tmp_path / "locks", holder="sample_01.fasta") as claim:
         assert claim.label == "cuda:2"
         assert claim.lock_path == (tmp_path / "locks" / socket.gethostname() / "cuda_2.lock")
-        lines = claim.lock_path.read_text().splitlines()
-        assert len(lines) == 1
-        info = json.loads(lines[0])
-        assert info["pid"] == os.getpid()
-        assert info["hostname"] == socket.gethostname()
-        assert info["label"] == "cuda:2"
-        assert info["holder"] == "sample_01.fasta"
-        assert info["time"]
+        # the lock file, readable by every user: who holds it, nothing about the run
+        (line,) = claim.lock_path.read_text().splitlines()
+        assert json.loads(line) == {"pid": os.getpid(), "user": user_name(0), "label": "cuda:2"}
+        assert stat.S_IMODE(claim.lock_path.stat().st_mode) == 0o644
+        # the run's details, for this user's eyes only
+        private = claim.lock_path.with_name(f".cuda_2.lock.{os.getuid()}")
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+        info = json.loads(private.read_text())
+        assert info["holder"] == "sample_01.fasta" and info["pid"] == os.getpid()
+        assert info["hostname"] == socket.gethostname() and info["time"]
     assert not claim.held
     claim.release()  # idempotent
-    assert claim.lock_path.read_text() == ""
+    assert claim.lock_path.read_text() == "" and private.read_text() == ""
 
 
 def test_mig_style_label_gets_a_flat_lock_file(tmp_path):
@@ -400,8 +403,17 @@ def test_sigkilled_holder_frees_its_device(tmp_path):
         assert ready.wait(timeout=20)
         with pytest.raises(DeviceError):
             claim_device(["cuda:0"], tmp_path, holder="next", timeout_s=0.1, poll_s=0.02)
-        info = json.loads((tmp_path / socket.gethostname() / "cuda_0.lock").read_text())
-        assert info["pid"] == proc.pid and info["holder"] == "doomed"
+        seen = []
+        with pytest.raises(DeviceError):
+            claim_device(
+                ["cuda:0"], tmp_path, holder="next", timeout_s=0.1, poll_s=0.02,
+                on_wait=seen.append,
+            )  # fmt: skip
+        # the kernel's word (another process of this user: its own note adds the holder)
+        assert seen[0]["cuda:0"]["pid"] == proc.pid
+        assert seen[0]["cuda:0"]["holder"] == "doomed"
+        private = tmp_path / socket.gethostname() / f".cuda_0.lock.{os.getuid()}"
+        assert json.loads(private.read_text())["holder"] == "doomed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(timeout=10)
         t0 = time.monotonic()

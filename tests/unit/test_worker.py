@@ -25,6 +25,7 @@ from reference import reference_embeddings
 from seqembed.compute.backends import PROTEIN_ALPHABET
 from seqembed.demo import random_protein, write_tiny_esm2
 from seqembed.errors import Crash, Failed
+from seqembed.faults import VARIABLE
 from seqembed.fasta import read_fasta
 from seqembed.job.client import WorkerSession, owner_facts
 from seqembed.output import commit
@@ -43,7 +44,7 @@ def settings(model: Path, **changes) -> dict:
     }
 
 
-def request(fasta: Path, tmp_path: Path, faults: dict | None = None, attempt: int = 1) -> dict:
+def request(fasta: Path, tmp_path: Path, attempt: int = 1) -> dict:
     records = read_fasta(fasta, PROTEIN_ALPHABET)
     return {
         "name": fasta.stem,
@@ -56,7 +57,6 @@ def request(fasta: Path, tmp_path: Path, faults: dict | None = None, attempt: in
         "truncation": 1022,
         "output_layout": "default",
         "state_dir": str(tmp_path / "state"),
-        "faults": json.dumps(faults) if faults else None,
     }
 
 
@@ -71,12 +71,22 @@ def session(tmp_path: Path, model: Path, owner: dict | None = None, **changes) -
 
 
 def embed(tmp_path, model, fasta, events=None, faults=None, owner=None, **changes):
+    """As a job does; `faults` in this process's environment while it may start the worker
+    (a worker takes them from the job that started it, never from a request)."""
     worker = session(tmp_path, model, owner, **changes)
-    stats = worker.embed(
-        request(fasta, tmp_path, faults),
-        (events if events is not None else []).append,
-        {"name": fasta.stem, "attempt": 1},
-    )
+    saved = os.environ.pop(VARIABLE, None)
+    if faults:
+        os.environ[VARIABLE] = json.dumps(faults)
+    try:
+        stats = worker.embed(
+            request(fasta, tmp_path),
+            (events if events is not None else []).append,
+            {"name": fasta.stem, "attempt": 1},
+        )
+    finally:
+        os.environ.pop(VARIABLE, None)
+        if saved is not None:
+            os.environ[VARIABLE] = saved
     return worker, stats
 
 

@@ -17,6 +17,13 @@ left the device or the model unusable (any CUDA error other than out-of-memory, 
 unforeseen): the next file gets a fresh process. A job that goes away mid-file (killed,
 aborted) costs the worker that file only: it stops at the next batch and serves the next job.
 
+Only this user's processes are served or believed (README, "Shared machines"): the abstract
+socket has no file permissions, so the worker asks the kernel who connected (SO_PEERCRED) and
+closes any other user's connection unread; the job checks the worker the same way
+(seqembed.job.client). The spec travels in the environment (readable only by this user and
+root, unlike argv), and test faults come only from the environment of the job that started
+the worker, never from a request.
+
 Protocol, one JSON object per line. Job: {"op": "embed", "settings": {...}, "request": {...}}.
 Worker: {"event": "accepted", ...worker facts}, then "progress" and "log" events, then "done"
 (with the file's figures) or "failed" (with the verdict); or "replaced" when the settings
@@ -31,6 +38,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -59,6 +67,10 @@ IDLE_SECONDS = 60
 ADDRESS_IN_USE = 3
 #: exit status when SLURM gave the worker's step another GPU than the job claimed
 WRONG_DEVICE = 4
+#: a client must start its request within this time: a silent one is dropped
+FIRST_LINE_SECONDS = 5.0
+#: where the job puts the worker's spec
+SPEC_VARIABLE = "SEQEMBED_WORKER_SPEC"
 #: failures after which the worker is known to be sound and keeps serving
 KEEP_SERVING = (SequenceTooLarge, Aborted, OutputError, OutOfMemory, ModelError)
 
@@ -71,6 +83,12 @@ class ClientGone(SeqembedError):
 
 def address(run_key: str, label: str) -> str:
     return f"\0seqembed/{run_key}/{label}"
+
+
+def peer(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end, as the kernel knows it."""
+    pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return pid, uid
 
 
 def log(message: str) -> None:
@@ -136,7 +154,6 @@ def release_memory(device) -> None:
 class Connection:
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
-        self.reader = conn.makefile("rb")
 
     def send(self, message: dict) -> None:
         try:
@@ -144,9 +161,27 @@ class Connection:
         except OSError:
             raise ClientGone("the job went away mid-file") from None
 
-    def receive(self) -> dict | None:
-        line = self.reader.readline()
-        return json.loads(line) if line else None
+    def receive(self, first_byte_seconds: float = FIRST_LINE_SECONDS) -> dict | None:
+        """The request line. It must start within `first_byte_seconds`, and go on with no
+        such pause; None when the client closed or fell silent."""
+        chunks = []
+        self.conn.settimeout(first_byte_seconds)
+        try:
+            while True:
+                chunk = self.conn.recv(1 << 20)
+                if not chunk:
+                    return None
+                newline = chunk.find(b"\n")
+                if newline >= 0:
+                    chunks.append(chunk[:newline])
+                    break
+                chunks.append(chunk)
+        except TimeoutError:
+            log(f"dropped a client that sent nothing for {first_byte_seconds:.0f} s")
+            return None
+        finally:
+            self.conn.settimeout(None)
+        return json.loads(b"".join(chunks))
 
     def check_client(self) -> None:
         """Raises ClientGone when the job closed its end (it was killed, or stopped)."""
@@ -159,7 +194,6 @@ class Connection:
             raise ClientGone("the job went away mid-file") from None
 
     def close(self) -> None:
-        self.reader.close()
         self.conn.close()
 
 
@@ -198,7 +232,13 @@ class Worker:
                 conn, _ = server.accept()
             except TimeoutError:
                 continue
-            conn.settimeout(None)
+            pid, uid = peer(conn)
+            if uid != os.getuid():
+                # another user found the address (/proc/net/unix lists it): nothing it says
+                # is read, and nothing changes (no exit, no work, no idle time reset)
+                log(f"refused a connection from uid {uid} (pid {pid}): not this worker's user")
+                conn.close()
+                continue
             connection = Connection(conn)
             try:
                 ending = self.handle(connection)
@@ -216,7 +256,7 @@ class Worker:
             connection.send({"event": "replaced", "pid": os.getpid()})
             return "replaced: a job asked for other model settings"
         request = message["request"]
-        faults.use(request.get("faults"), request["name"], request["attempt"])
+        faults.serve(request["name"], request["attempt"])
         connection.send(
             {
                 "event": "accepted",
@@ -273,7 +313,7 @@ class Worker:
         return None
 
     def load(self) -> None:
-        faults.use(self.spec.get("faults"), self.spec.get("name"), self.spec.get("attempt"))
+        faults.serve(self.spec.get("name"), self.spec.get("attempt"))
         try:
             self.backend, self.load_seconds = load_model(self.settings)
             log(f"model {self.backend.name} loaded in {self.load_seconds:.2f} s")
@@ -283,8 +323,21 @@ class Worker:
         self.ready = time.time()
 
 
+def read_spec() -> dict:
+    """The spec the job put in this process's environment (not in argv, which `ps` shows
+    every user); the log named there takes this process's output."""
+    spec = json.loads(os.environ.pop(SPEC_VARIABLE))
+    if spec.get("log"):
+        descriptor = os.open(spec["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+            os.dup2(descriptor, stream.fileno())
+        os.close(descriptor)
+    return spec
+
+
 def main() -> None:
-    spec = json.loads(sys.argv[1])
+    spec = read_spec()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         server.bind(spec["address"])

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from seqembed.compute.worker import ADDRESS_IN_USE, address, alive
+from seqembed.compute.worker import ADDRESS_IN_USE, SPEC_VARIABLE, address, alive, peer
 from seqembed.devices import cuda_env_for, slurm_job
 from seqembed.errors import Crash, Failed, SeqembedError, Verdict
 
@@ -37,6 +37,12 @@ REPLACE_SECONDS = 60.0
 
 class WorkerUnavailable(SeqembedError):
     """No worker could be started for the device: the job computes the file itself."""
+
+
+class NotOurWorker(WorkerUnavailable):
+    """The process at the worker's address is another user's (or, where this job started the
+    worker, not that process): nothing is sent to it, and the job computes the file itself
+    (its own worker could not bind the address the other one holds)."""
 
 
 def owner_process() -> psutil.Process:
@@ -77,13 +83,23 @@ def run_key(state_dir: str, owner: dict) -> str:
     return hashlib.sha1(facts.encode()).hexdigest()[:16]
 
 
-def _connect(address: str) -> socket.socket | None:
+def _connect(address: str, label: str, expected_pid: int | None = None) -> socket.socket | None:
+    """A connection to this user's worker at `address` (None when nobody listens there);
+    raises NotOurWorker when another user's process, or another process than the one this
+    job started, listens there: nothing of the file is sent to it."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(address)
     except (ConnectionRefusedError, FileNotFoundError):
         sock.close()
         return None
+    pid, uid = peer(sock)
+    if uid != os.getuid() or (expected_pid is not None and pid != expected_pid):
+        sock.close()
+        whose = f"uid {uid}" if uid != os.getuid() else "this user, but not the worker it started"
+        raise NotOurWorker(
+            f"the process at the worker address for {label} is pid {pid} of {whose}: not used"
+        )
     return sock
 
 
@@ -99,15 +115,19 @@ def _spawn(spec: dict, label: str, log_path: Path) -> subprocess.Popen:
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [source, environ.get("PYTHONPATH")]))
     # long-lived processes on a GPU: fewer fragments over many files of different lengths
     environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    # the spec (model, settings, folders) where only this user can read it: `ps` shows argv
+    # to every user of the host, /proc/PID/environ only to the process's own user and root
+    environ[SPEC_VARIABLE] = json.dumps({**spec, "log": str(log_path)})
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "seqembed.compute.worker", json.dumps(spec)]
+    command = [sys.executable, "-m", "seqembed.compute.worker"]
     if slurm_job():
         step = ["srun", "--overlap", "--ntasks=1", "--nodes=1", f"-w{socket.gethostname()}"]
         step += ["--job-name=seqembed-worker", f"--cpus-per-task={spec['settings']['threads']}"]
         if label.startswith("cuda:"):
             step.append("--gres=gpu:1")
-        # written by SLURM itself: the worker outlives this job's step (and its srun)
-        step += [f"--output={log_path}", "--open-mode=append", "--quiet"]
+        # the worker writes its own log (named in its spec): it outlives this job's step
+        # (and its srun), and the log's path in srun's argv would show the run's folder
+        step += ["--output=/dev/null", "--export=ALL", "--quiet"]
         return subprocess.Popen(
             step + command,
             stdin=subprocess.DEVNULL,
@@ -162,7 +182,7 @@ class WorkerSession:
         self.worker: dict = {}
 
     def _open(self, spawn_context: dict) -> socket.socket:
-        sock = _connect(self.address)
+        sock = _connect(self.address, self.label)
         if sock is not None:
             return sock
         spawned = time.time()
@@ -175,9 +195,14 @@ class WorkerSession:
             **spawn_context,
         }
         process = _spawn(spec, self.label, self.log_path)
+        # srun's pid is not the worker's: there the uid is what can be checked
+        expected = None if slurm_job() else process.pid
         deadline = time.monotonic() + CONNECT_SECONDS
         while time.monotonic() < deadline:
-            sock = _connect(self.address)
+            # whoever answers must be the process just started, unless that one found the
+            # address taken: then a worker of this user that bound first may serve
+            started = None if process.poll() == ADDRESS_IN_USE else expected
+            sock = _connect(self.address, self.label, started)
             if sock is not None:
                 self.started_worker = True
                 self.spawned = spawned

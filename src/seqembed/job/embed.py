@@ -29,12 +29,13 @@ from seqembed.devices import (
     resolve_pool,
     slurm_job,
 )
-from seqembed.errors import Aborted
+from seqembed.errors import Aborted, Crash
 from seqembed.fasta import read_fasta
 from seqembed.job.handoff import compute
 from seqembed.job.progress import JobProgress, news_level, say
 from seqembed.job.records import input_stamp, keep_receipt, write_record
-from seqembed.output import commit, output_error, stale_temporaries
+from seqembed.lock_holders import holder_line
+from seqembed.output import commit, is_temporary_of, output_error, stale_temporaries
 from seqembed.shards import parse_label
 
 
@@ -87,12 +88,14 @@ def planned_device(tsv: str | os.PathLike, name: str, shard: str | None = None) 
 
 def waiting_news(job: EmbedJob, holders: dict[str, dict]) -> None:
     """Waiting for a device is routine within a run; a device held by another run or user is
-    not, and is said at any verbosity but quiet."""
+    not, and is said at any verbosity but quiet, naming the holder the kernel knows (another
+    user's output folder is never shown)."""
     others = [
-        f"{label} by {note.get('user', '?')} (pid {note.get('pid', '?')}, "
-        f"output {note.get('output_dir', '?')})"
-        for label, note in holders.items()
-        if note and note.get("output_dir") != job.output_dir
+        holder_line(label, holder)
+        for label, holder in holders.items()
+        if holder
+        and (holder.get("uid") != os.getuid() or holder.get("output_dir"))
+        and holder.get("output_dir") != job.output_dir
     ]
     if others:
         say(
@@ -215,7 +218,6 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
             "source": job.fasta,
             "shards": parse_label(job.shard)[1] if job.shard else 1,
             "state_dir": job.state_dir,
-            "faults": faults.text(),
         }
         if not lengths and job.shard and parse_label(job.shard)[0] > 1:
             stats = empty_shard(job.output)  # no model needed: the gather skips it
@@ -226,6 +228,11 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
         if reason:
             Path(temporary).unlink(missing_ok=True)
             raise Aborted(f"stopped: {reason}")
+        if not is_temporary_of(temporary, job.output):
+            raise Crash(
+                f"the output handed back for {job.output} ({temporary}) is not a file this "
+                "job's writer makes: not used"
+            )
         faults.maybe_pause_before_rename(job.name, job.attempt)
         try:
             commit(temporary, job.output)

@@ -48,7 +48,7 @@ def compute(job, label: str, request: dict, on_event) -> dict:
         stats = session.embed(
             request,
             on_event,
-            {"name": job.name, "attempt": job.attempt, "faults": request["faults"]},
+            {"name": job.name, "attempt": job.attempt},
         )
     except WorkerUnavailable as reason:
         say(job.config, "normal", f"seqembed: {job.name}: {reason}: computing it in the job")
@@ -75,7 +75,7 @@ def compute_here(job, label: str, settings: dict, request: dict, on_event) -> di
     from seqembed.compute.embed_file import embed_file, stop_when
     from seqembed.compute.worker import load_model
 
-    faults.use(request["faults"], job.name, job.attempt)
+    faults.serve(job.name, job.attempt)
     os.environ.update(cuda_env_for(label))
     started = time.time()
     backend, load_seconds = load_model(settings)

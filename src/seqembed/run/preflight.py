@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from seqembed.claims import check_locking
+from seqembed.claims import check_locking, unavailable_devices
 from seqembed.compute.models import (
     FetchError,
     cached_checkpoint,
@@ -220,14 +220,27 @@ def check_hf_model(config: dict) -> str:
     return str(folder)
 
 
-def run_preflight(config: dict, devices: bool = True) -> str:
-    """All checks; returns a one-line report of what was checked. `devices` False: the jobs
-    run on other hosts (a cluster), whose devices only they can see and check."""
+def check_lock_files(pool: list[str], lock_dir) -> list[str]:
+    """The devices whose lock file this user cannot use (another user's file it cannot open,
+    a planted link): one warning line each, said once here rather than by every job; the
+    files go to the other devices. None left: the run stops."""
+    problem = check_locking(lock_dir)
+    if problem:
+        raise PreflightError(problem)
+    unusable = unavailable_devices(pool, lock_dir)
+    if unusable and len(unusable) == len(set(pool)):
+        raise PreflightError("no device is usable: " + "; ".join(unusable.values()))
+    return list(unusable.values())
+
+
+def run_preflight(config: dict, devices: bool = True, warn=lambda line: None) -> str:
+    """All checks; returns a one-line report of what was checked, and passes each warning to
+    `warn`. `devices` False: the jobs run on other hosts (a cluster), whose devices only they
+    can see and check."""
     pool = check_devices(config) if devices else ["checked by each job on its node"]
     if devices:
-        problem = check_locking(config["lock_dir"])
-        if problem:
-            raise PreflightError(problem)
+        for warning in check_lock_files(pool, config["lock_dir"]):
+            warn(warning)
     from seqembed.compute.hf_models import is_hf_model
 
     if is_hf_model(config["model"]):
@@ -261,6 +274,9 @@ def preflight_in_subprocess(config: dict, devices: bool = True) -> str | None:
         text=True,
         env=environ,
     )
+    for line in result.stdout.splitlines():
+        if line.startswith("warning: "):
+            print(f"seqembed: {line}", file=sys.stderr, flush=True)
     if result.returncode == 0:
         return None
     if "No module named 'torch'" in result.stderr or "No module named 'esm'" in result.stderr:
@@ -270,7 +286,8 @@ def preflight_in_subprocess(config: dict, devices: bool = True) -> str | None:
             "seqembed: pre-flight skipped: torch is not installed beside Snakemake", file=sys.stderr
         )
         return None
-    lines = result.stdout.strip().splitlines() or result.stderr.strip().splitlines() or ["?"]
+    lines = [line for line in result.stdout.splitlines() if not line.startswith("warning: ")]
+    lines = lines or result.stderr.strip().splitlines() or ["?"]
     return lines[-1]
 
 
@@ -280,7 +297,11 @@ def main() -> None:
 
     request = json.loads(sys.stdin.read())
     try:
-        report = run_preflight(request["config"], request["devices"])
+        report = run_preflight(
+            request["config"],
+            request["devices"],
+            lambda line: print(f"warning: {' '.join(line.split())}", flush=True),
+        )
     except PreflightError as failure:
         print(" ".join(str(failure).split()))
         raise SystemExit(1) from None
