@@ -23,6 +23,7 @@ from seqembed.run.config import (
     unusable_inputs,
     validate_config,
 )
+from seqembed.run.last_word import LastWord
 from seqembed.run.preflight import preflight_in_subprocess
 from seqembed.shards import idle_warning
 
@@ -47,6 +48,8 @@ for path, reason in UNUSABLE.items():
 view.configure(config["verbosity"])
 
 LAYOUT = RunLayout(config["output_dir"], config["output_format"])
+# the failure report, also where Snakemake ends before its handler (seqembed.run.last_word)
+LAST_WORD = LastWord()
 
 
 # The embeddings are targets themselves, not only inputs of the summary: Snakemake does not
@@ -78,6 +81,10 @@ onstart:
         sys.exit(f"seqembed: pre-flight failed: {failure}")
     # a fresh run: earlier failures no longer count towards an abort, speed is measured anew
     runstate.reset(LAYOUT.state, scheduler_pid=os.getpid())
+    LAST_WORD.arm(
+        lambda: view.detach()
+        or exit_code_after_failure(LAYOUT, FILES, OUTPUT_SETTINGS, UNUSABLE, SHARDS)
+    )
     # an abort declared by any job, here or on a cluster node, stops this process as Ctrl-C
     # would: nothing more is started or submitted, and onerror writes the summary
     runstate.watch_for_abort(
@@ -112,11 +119,16 @@ onstart:
     )
 
 
+onsuccess:
+    LAST_WORD.said()
+
+
 # With keep-going, the summary rule does not run once a job failed: the same summary is
 # written here, and the exit code says what happened (sys.exit in a handler is how Snakemake
 # lets a workflow choose it; its locks are still released).
 onerror:
     view.detach()
+    LAST_WORD.said()
     sys.exit(
         exit_code_after_failure(LAYOUT, FILES, OUTPUT_SETTINGS, UNUSABLE, SHARDS)
     )

@@ -47,11 +47,15 @@ def flush_to_disk(path: str | os.PathLike) -> None:
 
 
 def write_temporary(
-    path: str | os.PathLike, write: Callable[[IO[bytes]], None], durable: bool = True
+    path: str | os.PathLike,
+    write: Callable[[IO[bytes]], None],
+    durable: bool = True,
+    reserved: Path | None = None,
 ) -> Path:
-    """Write a hidden temporary file in `path`'s folder and flush it to disk (unless not
-    `durable`: the file is worth nothing after a crash); returns its path, for `commit`."""
-    temporary = temporary_path(path)
+    """Write a hidden temporary file in `path`'s folder (the `reserved` one, made earlier by
+    temporary_path) and flush it to disk (unless not `durable`: the file is worth nothing
+    after a crash); returns its path, for `commit`."""
+    temporary = reserved or temporary_path(path)
     try:
         with open(temporary, "wb") as stream:
             write(stream)

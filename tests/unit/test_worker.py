@@ -28,7 +28,7 @@ from seqembed.errors import Crash, Failed
 from seqembed.faults import VARIABLE
 from seqembed.fasta import read_fasta
 from seqembed.job.client import WorkerSession, owner_facts
-from seqembed.output import commit
+from seqembed.output import commit, stale_temporaries
 
 
 def settings(model: Path, **changes) -> dict:
@@ -160,7 +160,10 @@ def test_a_worker_killed_mid_file_is_a_crash_and_the_next_file_gets_a_fresh_one(
     thread.join(30)
     assert isinstance(outcome["error"], Crash)
     assert str(outcome["error"]) == f"the worker for cpu:0 (pid {pid}) ended without a result"
-    assert list((tmp_path / "out").glob("*")) == []  # nothing under any name
+    # nothing under the final name; the temporary it reserved before its first batch is what
+    # the retry removes (stale_temporaries)
+    output = tmp_path / "out" / "alpha.pt"
+    assert sorted((tmp_path / "out").iterdir()) == stale_temporaries(output)
     fresh, _ = embed(tmp_path, tiny_model, fasta_set["delta"])
     try:
         assert fresh.started_worker and fresh.worker["pid"] != pid

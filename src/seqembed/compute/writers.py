@@ -81,6 +81,12 @@ class PtWriter(OutputWriter):
         if expected > limit:
             raise too_large(meta["source"], expected, limit)
         self.rows: dict[int, list] = {layer: [None] * len(self.ids) for layer in layers}
+        try:
+            # reserved before any batch: a folder that cannot take the output fails the
+            # attempt in a second, not after the whole file computed
+            self.temporary = temporary_path(self.path)
+        except OSError as error:
+            raise output_error(self.path, error) from None
 
     def residues(self, positions: list[list[int]], by_layer: dict) -> None:
         for layer, values in by_layer.items():
@@ -128,8 +134,11 @@ class PtWriter(OutputWriter):
     def finish(self, pooled: dict) -> Path:
         payload = self.payload(pooled)
         try:
-            self.temporary = write_temporary(self.path, lambda stream: torch.save(payload, stream))
+            self.temporary = write_temporary(
+                self.path, lambda stream: torch.save(payload, stream), reserved=self.temporary
+            )
         except OSError as error:
+            self.temporary = None  # write_temporary removed it
             raise output_error(self.path, error) from None
         return self.temporary
 

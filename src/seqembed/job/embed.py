@@ -134,11 +134,16 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
     )
     lengths = [len(sequence) for sequence in records.sequences]
     for stale in stale_temporaries(job.output):
-        stale.unlink(missing_ok=True)
+        # a folder that refuses this says so once, where the writer reserves its temporary
+        with contextlib.suppress(OSError):
+            stale.unlink(missing_ok=True)
     if job.replaces:
         # as Snakemake removes a job's output when it starts: a shard that fails must not
         # leave its file's last output to be taken for this run's
-        Path(job.replaces).unlink(missing_ok=True)
+        try:
+            Path(job.replaces).unlink(missing_ok=True)
+        except OSError as error:
+            raise output_error(job.replaces, error) from None
     progress = JobProgress(
         job.state_dir,
         job.name,
