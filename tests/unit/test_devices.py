@@ -20,7 +20,6 @@ import pytest
 
 from seqembed import claims as devices
 from seqembed.claims import claim_device
-from seqembed.shared_dir import user_name
 from seqembed.devices import (
     DeviceError,
     cuda_env_for,
@@ -28,6 +27,7 @@ from seqembed.devices import (
     resolve_pool,
     torch_device_for,
 )
+from seqembed.shared_dir import user_name
 
 # fork: cheap process start on slow machines; the parent holds no claim when forking.
 CTX = mp.get_context("fork")

@@ -25,8 +25,8 @@ from reference import reference_embeddings
 from seqembed.compute.backends import PROTEIN_ALPHABET
 from seqembed.demo import random_protein, write_tiny_esm2
 from seqembed.errors import Crash, Failed
-from seqembed.faults import VARIABLE
 from seqembed.fasta import read_fasta
+from seqembed.faults import VARIABLE
 from seqembed.job.client import WorkerSession, owner_facts
 from seqembed.output import commit, stale_temporaries
 
