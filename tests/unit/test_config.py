@@ -1,3 +1,4 @@
+import shlex
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,46 @@ def test_output_settings_leave_later_keys_out_at_their_old_values():
 )
 def test_shard_size_in_every_form_the_command_line_produces(given, expected):
     assert validate_config({"shard_size": given}, SCHEMA)["shard_size"] == expected
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [(True, True), ("true", True), ("True", True), ("YES", True), ("on", True), (1, True),
+     ("1", True), (False, False), ("false", False), ("No", False), ("off", False), (0, False),
+     ("0", False)],
+)  # fmt: skip
+def test_booleans_as_a_person_types_them(given, expected):
+    checked = validate_config({"trust_remote_code": given}, SCHEMA)
+    assert checked["trust_remote_code"] is expected
+
+
+def test_a_word_that_is_no_boolean_is_one_line_naming_the_key():
+    with pytest.raises(ConfigError, match=r"config key 'trust_remote_code': 'maybe' is not of"):
+        validate_config({"trust_remote_code": "maybe"}, SCHEMA)
+
+
+def readme_config_examples() -> list[list[str]]:
+    """The `key=value` words after each `--config` in the README's commands (continuation
+    lines joined)."""
+    text = (REPO / "README.md").read_text().replace("\\\n", " ")
+    examples = []
+    for line in text.splitlines():
+        for part in line.split("--config ")[1:]:
+            words = shlex.split(part.split("`")[0].split(" --")[0].strip())
+            # `--config key=value` is the syntax itself, not an example
+            examples.append([word for word in words if "=" in word and word != "key=value"])
+    return [words for words in examples if words]
+
+
+def test_every_config_example_in_the_readme_parses_and_validates():
+    from snakemake.cli import parse_config
+
+    examples = readme_config_examples()
+    assert len(examples) >= 10 and any("trust_remote_code=true" in e for e in examples)
+    for words in examples:
+        given = parse_config(words)  # as Snakemake reads the command line
+        checked = validate_config(given, SCHEMA)
+        for key in given:
+            assert key in checked, words
+        if "trust_remote_code" in given:
+            assert checked["trust_remote_code"] is True

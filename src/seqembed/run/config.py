@@ -49,12 +49,34 @@ def _normalize_layers(layers):
     return layers
 
 
+#: what a person types for a yes or a no (Snakemake's `--config` reads only True and False as
+#: booleans: `trust_remote_code=true` arrives as the string "true", `=1` as the number 1)
+TRUTHS = {"true": True, "yes": True, "on": True, "1": True}
+TRUTHS |= {"false": False, "no": False, "off": False, "0": False}
+
+
+def _as_bool(value):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | str):
+        return TRUTHS.get(str(value).strip().lower(), value)
+    return value  # left for the schema to report
+
+
+def _is_boolean(spec: dict) -> bool:
+    kinds = spec.get("type")
+    return kinds == "boolean" or (isinstance(kinds, list) and "boolean" in kinds)
+
+
 def validate_config(config: dict, schema_path: str | os.PathLike) -> dict:
     """A new dict: defaults filled in, every value checked, gpus a list of strings (or None)."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     checked = {key: spec["default"] for key, spec in schema["properties"].items()}
     checked.update(config)
     checked["layers"] = _normalize_layers(checked["layers"])
+    for key, spec in schema["properties"].items():
+        if _is_boolean(spec) and key in checked:
+            checked[key] = _as_bool(checked[key])
     for key in ("include", "store_float16", "input_glob"):
         # `--config include=mean,per_tok` arrives as a string
         if isinstance(checked[key], str) and (key != "input_glob" or "," in checked[key]):
