@@ -3,6 +3,7 @@ in both formats, equal to fair-esm's unbatched forward pass, whatever the batchi
 (duplicates computed once, an out-of-memory back-off mid-file)."""
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -164,3 +165,27 @@ def test_a_writer_that_fails_while_opening_leaves_nothing(
     with pytest.raises(ValueError, match="refused"):
         embed_file(backend, request(tmp_path, sequences, output_format="h5"))
     assert not stale_temporaries(tmp_path / "sample.h5")
+
+
+def test_only_this_writers_own_temporary_is_taken_for_an_output(tmp_path):
+    """What a worker hands back is renamed into the results only when it is what the job's
+    writer makes: a plain file of this user, beside the output, named as its temporaries."""
+    from seqembed.output import is_temporary_of, temporary_path
+
+    output = tmp_path / "embeddings" / "alpha.pt"
+    good = temporary_path(output)
+    assert is_temporary_of(good, output)
+    assert not is_temporary_of(tmp_path / "elsewhere" / good.name, output)
+    assert not is_temporary_of(temporary_path(output.with_name("beta.pt")), output)
+    secret = tmp_path / "secret"
+    secret.write_text("the user's own file")
+    link = output.parent / ".alpha.pt.link.tmp"
+    link.symlink_to(secret)
+    assert not is_temporary_of(link, output)
+    hard = output.parent / ".alpha.pt.hard.tmp"
+    os.link(secret, hard)
+    assert not is_temporary_of(hard, output)
+    if os.getuid() == 0:
+        foreign = temporary_path(output)
+        os.chown(foreign, 54321, 54321)
+        assert not is_temporary_of(foreign, output)
