@@ -35,3 +35,26 @@ def reference_outputs(model_path, sequences: list[str], layers: list[int], trunc
 
 def reference_embeddings(model_path, sequences: list[str], layers: list[int], truncation: int):
     return reference_outputs(model_path, sequences, layers, truncation)["mean"]
+
+
+def recipe_network(folder, trust_remote_code: bool = False):
+    """A Hugging Face model as its README's recipe loads it, on transformers 5 where
+    `from_pretrained` cannot build code made for transformers 4 (DNABERT-2/-S): built from its
+    config on the CPU (`from_config` builds no meta tensors) and its safetensors loaded into
+    it, strictly; none of seqembed's loading code. The Triton kernel DNABERT-2's code binds is
+    unbound, as every user of that code does by hand."""
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel
+
+    if not trust_remote_code:
+        return AutoModel.from_pretrained(folder).eval()
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    network = AutoModel.from_config(config, trust_remote_code=True)
+    network.load_state_dict(load_file(Path(folder) / "model.safetensors"), strict=True)
+    module = sys.modules[type(network).__module__]
+    if getattr(module, "flash_attn_qkvpacked_func", None) is not None:
+        module.flash_attn_qkvpacked_func = None
+    return network.eval()

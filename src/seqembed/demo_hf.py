@@ -3,8 +3,9 @@ demo (no downloads):
 
 - an ESM-2 converted from a fair-esm checkpoint (the demo's), saved as the hub's ESM-2
   folders are (EsmForMaskedLM, safetensors, the ESM tokenizer's vocab.txt);
-- a BERT-family DNA model with a byte-pair tokenizer trained on random DNA, optionally with
-  its own model code (as DNABERT-S ships it: auto_map in config.json, a modeling file beside).
+- a BERT-family DNA model with a byte-pair tokenizer trained on random DNA, or a stand-in for
+  DNABERT-2/-S with its own model code (auto_map in config.json, the code beside), written
+  here with the traits of theirs that matter (MODELING's doc).
 
     python -m seqembed.demo_hf esm2 <fair-esm checkpoint> <folder>
     python -m seqembed.demo_hf dna <folder> [--remote-code]
@@ -84,13 +85,43 @@ def convert_esm2_checkpoint(checkpoint: str | Path, folder: str | Path) -> Path:
     return folder
 
 
-MODELING = '''"""A DNA model with its own code, as DNABERT-S ships it: loaded only with
-trust_remote_code, importing einops, binding a Triton flash-attention kernel that fails on
-current Triton whenever it is not None (as DNABERT-2's bert_layers.py does), and returning
-DNABERT-2's tuple (hidden states, pooled)."""
+CONFIGURATION = '''"""The config of the stand-in for DNABERT-2/-S's own code: like theirs, a
+subclass of transformers' BertConfig with an ALiBi size, and no pad_token_id in its
+config.json."""
+
+from transformers import BertConfig
+
+
+class TinyDnaConfig(BertConfig):
+    model_type = "tiny_dnabert"
+
+    def __init__(self, alibi_starting_size=64, **kwargs):
+        super().__init__(**kwargs)
+        self.alibi_starting_size = alibi_starting_size
+'''
+
+MODELING = '''"""A stand-in for DNABERT-2/-S's own model code (bert_layers.py), written here
+with the traits of theirs that broke on transformers 5 and in half precision, none of their
+code:
+
+- loaded only with trust_remote_code; imports einops; binds a Triton flash-attention kernel
+  that fails on current Triton whenever it is not None;
+- ALiBi attention with no position embeddings: the slopes made in __init__ from a Python
+  list (torch.Tensor, on the CPU) times torch.arange, kept as a plain attribute, not a
+  buffer, and rebuilt larger when a longer sequence comes;
+- the attention bias (padding mask plus ALiBi) made in float32 whatever the weights' dtype,
+  so attention probabilities are float32 and meet half-precision values in a matmul;
+- forward returns DNABERT-2's tuple (hidden states, pooled).
+"""
+
+import math
 
 import einops  # noqa: F401
-from transformers import BertModel
+import torch
+from torch import nn
+from transformers import BertPreTrainedModel
+
+from .configuration_tinydna import TinyDnaConfig
 
 
 def _triton_kernel(*args, **kwargs):
@@ -100,12 +131,72 @@ def _triton_kernel(*args, **kwargs):
 flash_attn_qkvpacked_func = _triton_kernel
 
 
-class TinyDnaModel(BertModel):
-    def forward(self, input_ids, attention_mask=None, **kwargs):
+class TinyDnaLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.heads = config.num_attention_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden, bias):
+        batch, length, width = hidden.shape
+        q, k, v = self.qkv(hidden).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         if flash_attn_qkvpacked_func is not None:
-            flash_attn_qkvpacked_func()
-        output = super().forward(input_ids=input_ids, attention_mask=attention_mask)
-        return (output.last_hidden_state, output.pooler_output)
+            flash_attn_qkvpacked_func(q, k, v)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias
+        probabilities = scores.softmax(-1)
+        context = torch.matmul(probabilities, v).transpose(1, 2).reshape(batch, length, width)
+        hidden = self.norm1(hidden + self.out(context))
+        return self.norm2(hidden + self.down(nn.functional.gelu(self.up(hidden))))
+
+
+class TinyDnaEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.heads = config.num_attention_heads
+        self.layer = nn.ModuleList(TinyDnaLayer(config) for _ in range(config.num_hidden_layers))
+        self.alibi = self.alibi_table(config.alibi_starting_size)
+
+    def alibi_table(self, size, device=None):
+        positions = torch.arange(size, device=device)
+        distance = (positions[None, :] - positions[:, None]).abs()
+        slopes = [2 ** (-8 * (head + 1) / self.heads) for head in range(self.heads)]
+        return (torch.Tensor(slopes).to(device)[:, None, None] * -distance)[None]
+
+    def forward(self, hidden, attention_mask):
+        length = hidden.shape[1]
+        if self.alibi.shape[-1] < length:
+            self.alibi = self.alibi_table(length, hidden.device)
+        elif self.alibi.device != hidden.device:
+            self.alibi = self.alibi.to(hidden.device)
+        padding = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
+        bias = (padding + self.alibi[:, :, :length, :length]).float()
+        for layer in self.layer:
+            hidden = layer(hidden, bias)
+        return hidden
+
+
+class TinyDnaModel(BertPreTrainedModel):
+    config_class = TinyDnaConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embedding_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.encoder = TinyDnaEncoder(config)
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.embedding_norm(self.word_embeddings(input_ids))
+        hidden = self.encoder(hidden, attention_mask)
+        return (hidden, torch.tanh(self.pooler(hidden[:, 0])))
 '''
 
 
@@ -153,13 +244,33 @@ def write_tiny_dna_model(
     )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    BertModel(config).eval().save_pretrained(folder)
     fast.save_pretrained(folder)
-    if remote_code:
-        (folder / "modeling_tinydna.py").write_text(MODELING)
-        settings = json.loads((folder / "config.json").read_text())
-        settings["auto_map"] = {"AutoModel": "modeling_tinydna.TinyDnaModel"}
-        (folder / "config.json").write_text(json.dumps(settings, indent=2))
+    if not remote_code:
+        BertModel(config).eval().save_pretrained(folder)
+        return folder
+    # the stand-in for DNABERT-2/-S's own code: its config and weights made through its own
+    # classes, built on the CPU as transformers 4 (and from_config) builds them
+    (folder / "configuration_tinydna.py").write_text(CONFIGURATION)
+    (folder / "modeling_tinydna.py").write_text(MODELING)
+    settings = {
+        **{k: v for k, v in config.to_dict().items() if k != "pad_token_id"},
+        "model_type": "tiny_dnabert",
+        "architectures": ["TinyDnaModel"],
+        "alibi_starting_size": 64,
+        "auto_map": {
+            "AutoConfig": "configuration_tinydna.TinyDnaConfig",
+            "AutoModel": "modeling_tinydna.TinyDnaModel",
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(settings, indent=2))
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModel
+
+    own_config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    network = AutoModel.from_config(own_config, trust_remote_code=True).eval()
+    save_file(
+        {k: v.contiguous() for k, v in network.state_dict().items()}, folder / "model.safetensors"
+    )
     return folder
 
 

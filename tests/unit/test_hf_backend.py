@@ -2,18 +2,18 @@
 transformers equal to the fair-esm backend on the same weights, a byte-pair DNA model equal
 to transformers called directly one sequence at a time, and the ways a model folder fails."""
 
+import contextlib
 import gzip
 import random
 import shutil
 
 import pytest
 import torch
-from reference import reference_outputs
-from transformers import AutoModel, AutoTokenizer
+from reference import recipe_network, reference_outputs
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from seqembed.compute.backends import DNA_ALPHABET, PROTEIN_ALPHABET, alphabet_for, load_backend
 from seqembed.compute.backends.esm import EsmBackend
-from seqembed.compute.backends.hf import without_triton_kernels
 from seqembed.compute.batch_loop import embed_all
 from seqembed.compute.batching import fixed_budget
 from seqembed.demo import random_protein
@@ -56,8 +56,7 @@ def test_esm2_through_transformers_equals_the_fair_esm_backend(hf_esm, tiny_mode
 def direct(folder, sequences, trust=False, residues_only=False):
     """transformers called directly, one sequence at a time, no padding."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    network = AutoModel.from_pretrained(folder, trust_remote_code=trust).eval()
-    without_triton_kernels(network)  # what every user of DNABERT-2's code does by hand
+    network = recipe_network(folder, trust)
     rows = []
     with torch.no_grad():
         for sequence in sequences:
@@ -132,7 +131,8 @@ def test_the_failing_triton_kernel_of_dnabert_code_is_not_called(tmp_path):
     # a folder of its own name: transformers keeps a model's code module by the folder's name,
     # and the other tests' loads have already cleared the kernel in theirs
     dna_remote = write_tiny_dna_model(tmp_path / "kernel-check", remote_code=True)
-    network = AutoModel.from_pretrained(dna_remote, trust_remote_code=True).eval()
+    config = AutoConfig.from_pretrained(dna_remote, trust_remote_code=True)
+    network = AutoModel.from_config(config, trust_remote_code=True).eval()  # kernel bound
     tokens = AutoTokenizer.from_pretrained(dna_remote)("ACGTACGT", return_tensors="pt")
     with pytest.raises(TypeError, match="trans_b"):
         network(tokens["input_ids"])
@@ -237,6 +237,7 @@ def test_an_unreadable_model_folder_is_an_error_naming_it(tmp_path):
         ("imports", "imports not_installed_here, not installed here: pip install not_installed"),
         ("layers", "config key 'layers': only the last layer (2) of "),
         ("code", "names its code modeling_tinydna.py, which is missing"),
+        ("builds", "cannot be built from {folder}: RuntimeError: made for another transformers"),
     ],
 )
 def test_the_pre_flight_refuses_what_the_model_cannot_do(tmp_path, dna_remote, damage, message):
@@ -257,14 +258,46 @@ def test_the_pre_flight_refuses_what_the_model_cannot_do(tmp_path, dna_remote, d
             code.write("\nimport not_installed_here\n")
     elif damage == "layers":
         settings["layers"] = [1, 2]
+    elif damage == "builds":  # found only by building it, as the workers would
+        with open(folder / "modeling_tinydna.py", "a") as code:
+            code.write(
+                "\ndef _refuse(self, size, device=None):\n"
+                "    raise RuntimeError('made for another transformers')\n\n\n"
+                "TinyDnaEncoder.alibi_table = _refuse\n"
+            )
     else:
         (folder / "modeling_tinydna.py").unlink()
     config = validate_config(settings, REPO / "workflow/schemas/config.schema.yaml")
     with pytest.raises(PreflightError) as error:
         check_hf_model(config)
-    assert message in str(error.value) and "\n" not in str(error.value)
+    assert message.format(folder=folder) in str(error.value) and "\n" not in str(error.value)
     good = validate_config(
         {"model": str(dna_remote), "trust_remote_code": True},
         REPO / "workflow/schemas/config.schema.yaml",
     )
     assert check_hf_model(good) == str(dna_remote)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_own_code_that_mixes_float32_into_attention_runs_in_half_precision(dna_remote, precision):
+    """The stand-in, as DNABERT-2's code, adds a float32 bias (padding plus ALiBi) in its
+    attention: with half-precision weights alone its matmul fails ("expected m1 and m2 to have
+    the same dtype"). Built in float32 and run under autocast it works, and its ALiBi table
+    (a plain attribute) stays exact."""
+    sequences = nucleotides()
+    exact = load_backend(
+        str(dna_remote), device="cpu", precision="fp32", truncation=1022, trust_remote_code=True
+    )
+    half = load_backend(
+        str(dna_remote), device="cpu", precision=precision, truncation=1022,
+        trust_remote_code=True,
+    )  # fmt: skip
+    assert half.network.word_embeddings.weight.dtype == half.dtype != torch.float32
+    assert half.network.encoder.alibi.dtype == torch.float32
+    expected, got = exact.embed(sequences, [2])[2], half.embed(sequences, [2])[2]
+    relative = ((got - expected).norm(dim=1) / expected.norm(dim=1)).max().item()
+    assert relative <= 1e-2, relative
+    # without autocast, the model's own code fails as DNABERT-2's does
+    half.autocast = contextlib.nullcontext()
+    with pytest.raises(RuntimeError, match="expected m1 and m2 to have the same dtype"):
+        half.embed(sequences[:2], [2])

@@ -21,10 +21,9 @@ from helpers import (
     record,
     snakemake,
 )
-from reference import reference_embeddings
-from transformers import AutoModel, AutoTokenizer
+from reference import recipe_network, reference_embeddings
+from transformers import AutoTokenizer
 
-from seqembed.compute.backends.hf import without_triton_kernels
 from seqembed.demo import random_protein
 from seqembed.demo_hf import random_dna
 
@@ -96,8 +95,7 @@ def test_virnucpro_pairs_dnabert_s_and_esm_features_by_id(tmp_path, dna_remote, 
     # each half equals its reference: transformers one sequence at a time (mean over every
     # token, special tokens included), and fair-esm's forward pass
     tokenizer = AutoTokenizer.from_pretrained(dna_remote)
-    network = AutoModel.from_pretrained(dna_remote, trust_remote_code=True).eval()
-    without_triton_kernels(network)  # as every user of DNABERT-2's code does by hand
+    network = recipe_network(dna_remote, trust_remote_code=True)
     sequences = {}
     for line in (workdir / "reads" / "sample.fna").read_text().split(">")[1:]:
         name, sequence = line.split("\n", 1)

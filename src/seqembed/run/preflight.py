@@ -217,7 +217,36 @@ def check_hf_model(config: dict) -> str:
             f"config key 'include': per_tok is written for protein models; {model} is a "
             "nucleotide model (mean and bos are)"
         )
+    check_model_builds(model, folder, bool(own_code))
     return str(folder)
+
+
+def check_model_builds(model: str, folder: Path, own_code: bool) -> None:
+    """The network built from its config as the workers will build it, without its weights:
+    a model whose code cannot be built (code made for another transformers) stops the run
+    here, once, instead of failing every file. transformers' own classes are built on the meta
+    device, as the workers' loading builds them; a model's own code on the CPU
+    (seqembed.compute.backends.own_code), which costs its size in memory for a moment."""
+    import torch
+
+    from seqembed.compute.backends.own_code import build_without_weights
+    from seqembed.compute.hf_models import offline
+
+    offline()
+    try:
+        if own_code:
+            build_without_weights(folder)
+        else:
+            from transformers import AutoConfig, AutoModel
+
+            with torch.device("meta"):
+                AutoModel.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+    except Exception as error:  # noqa: BLE001 - any reason is one line for the user
+        text = str(error).strip()
+        summary = text.splitlines()[0][:200] if text else ""
+        raise PreflightError(
+            f"model {model} cannot be built from {folder}: {type(error).__name__}: {summary}"
+        ) from None
 
 
 def check_lock_files(pool: list[str], lock_dir) -> list[str]:

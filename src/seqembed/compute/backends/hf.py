@@ -13,6 +13,7 @@ for nucleotide models.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from seqembed.compute.backends import (
     select_outputs,
     torch_dtype,
 )
+from seqembed.compute.backends.own_code import autocast_for, load_own_code
 from seqembed.compute.hf_models import (
     DNA_ALPHABET,
     is_protein_folder,
@@ -55,19 +57,6 @@ def _blocks(network) -> list:
     return list(blocks) if blocks is not None else []
 
 
-def without_triton_kernels(network) -> None:
-    """DNABERT-2/-S's own code calls a Triton flash-attention kernel whenever Triton imports
-    (it does beside every CUDA build of torch), and that kernel fails on current Triton
-    (`dot() got an unexpected keyword argument 'trans_b'`, MAGICS-LAB/DNABERT_S#19). Its code
-    falls back to plain PyTorch attention when the kernel is None: make it so."""
-    import sys
-
-    for module_name in {type(module).__module__ for module in network.modules()}:
-        module = sys.modules.get(module_name)
-        if getattr(module, "flash_attn_qkvpacked_func", None) is not None:
-            module.flash_attn_qkvpacked_func = None
-
-
 def load_network(model: str, model_cache, dtype, trust_remote_code: bool):
     """Tokenizer and network from the local folder, offline; every loader failure is one
     ModelError line naming the model (an OS error reading the files is a ReadError)."""
@@ -92,12 +81,15 @@ def load_network(model: str, model_cache, dtype, trust_remote_code: bool):
         tokenizer = AutoTokenizer.from_pretrained(
             folder, trust_remote_code=trust_remote_code, local_files_only=True
         )
-        try:
-            network = AutoModel.from_pretrained(
-                folder, dtype=dtype, attn_implementation="sdpa", **options
-            )
-        except (ValueError, ImportError):  # the model's own code has no fused attention
-            network = AutoModel.from_pretrained(folder, dtype=dtype, **options)
+        if own_code:
+            network = load_own_code(folder, dtype, options)
+        else:
+            try:
+                network = AutoModel.from_pretrained(
+                    folder, dtype=dtype, attn_implementation="sdpa", **options
+                )
+            except (ValueError, ImportError):  # a class without fused attention
+                network = AutoModel.from_pretrained(folder, dtype=dtype, **options)
     except OSError as error:
         if isinstance(error, FileNotFoundError) or not error.errno:
             raise ModelError(f"cannot load model '{model}' from {folder}: {error}") from None
@@ -107,8 +99,6 @@ def load_network(model: str, model_cache, dtype, trust_remote_code: bool):
         raise ModelError(
             f"cannot load model '{model}' from {folder}: {type(error).__name__}: {first_line}"
         ) from error
-    if own_code:
-        without_triton_kernels(network)
     return tokenizer, network, config, folder
 
 
@@ -141,6 +131,10 @@ class HfBackend:
         self.max_tokens = None if unlimited or not limit else limit
         #: the model's own code: its blocks may not keep [B, T, D] (DNABERT-2 removes padding)
         self.own_code = bool(remote_code(config))
+        # own code mixes float32 into its matmuls: half precision under autocast (own_code.py)
+        self.autocast = (
+            autocast_for(self.device, dtype) if self.own_code else contextlib.nullcontext()
+        )
         if self.protein:
             self.extra_tokens = 2
             vocabulary = tokenizer.get_vocab()
@@ -246,7 +240,8 @@ class HfBackend:
             if 0 < layer < self.num_layers:
                 handles.append(self.blocks[layer - 1].register_forward_hook(keep(layer)))
         try:
-            output = self.network(input_ids=tokens, attention_mask=attention)
+            with self.autocast:
+                output = self.network(input_ids=tokens, attention_mask=attention)
         finally:
             for handle in handles:
                 handle.remove()
