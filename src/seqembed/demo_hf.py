@@ -109,6 +109,8 @@ code:
 - ALiBi attention with no position embeddings: the slopes made in __init__ from a Python
   list (torch.Tensor, on the CPU) times torch.arange, kept as a plain attribute, not a
   buffer, and rebuilt larger when a longer sequence comes;
+- a non-persistent buffer computed in __init__ (as the rotary frequencies of NT v2 and
+  ESM++), which transformers 5 leaves as uninitialised memory after loading;
 - the attention bias (padding mask plus ALiBi) made in float32 whatever the weights' dtype,
   so attention probabilities are float32 and meet half-precision values in a matmul;
 - forward returns DNABERT-2's tuple (hidden states, pooled).
@@ -187,6 +189,9 @@ class TinyDnaModel(BertPreTrainedModel):
         super().__init__(config)
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.embedding_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # computed here and never saved, as NT v2's and ESM++'s rotary frequencies are
+        scale = torch.arange(config.hidden_size) / config.hidden_size + 0.5
+        self.register_buffer("channel_scale", scale, persistent=False)
         self.encoder = TinyDnaEncoder(config)
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.post_init()
@@ -194,7 +199,7 @@ class TinyDnaModel(BertPreTrainedModel):
     def forward(self, input_ids, attention_mask=None, **kwargs):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.embedding_norm(self.word_embeddings(input_ids))
+        hidden = self.embedding_norm(self.word_embeddings(input_ids)) * self.channel_scale
         hidden = self.encoder(hidden, attention_mask)
         return (hidden, torch.tanh(self.pooler(hidden[:, 0])))
 '''

@@ -10,8 +10,10 @@ own code"):
   with factory calls that the meta device catches (`torch.arange`) fails there ("Tensor on
   device meta is not on the expected device cpu"), and a tensor kept as a plain attribute
   rather than a buffer would never be filled in anyway. So these models are built as
-  transformers 4 built them: the meta device is left out of the model class's init context
-  while it loads, nothing else of transformers' loading changes.
+  transformers 4 built them: the meta device is left out of the init context while they
+  load, and the non-persistent buffers their code computed are kept (ESM++'s and Nucleotide
+  Transformer v2's rotary frequencies, position ids), which transformers 5 would replace with
+  uninitialised memory; nothing else of transformers' loading changes.
 - **Loaded in float32, then cast; half precision under autocast.** Such code keeps its own
   float32 islands (DNABERT-2 casts its attention bias, mask plus ALiBi, to float32 and so
   multiplies float32 probabilities by half-precision values). Built in half precision its
@@ -38,20 +40,39 @@ import torch
 @contextlib.contextmanager
 def built_on_the_cpu():
     """While it is active, transformers builds models with real tensors on the CPU (its own
-    init context less the meta device), as transformers 4 did."""
+    init context less the meta device), as transformers 4 did, and keeps the non-persistent
+    buffers their code computed: transformers 5 replaces every one of them with uninitialised
+    memory after loading (`_move_missing_keys_from_meta_to_device`) and counts on its own
+    classes' `_init_weights` to fill them again, which code made for transformers 4 does not
+    (rotary frequencies, position ids: the outputs would be silently wrong)."""
     from transformers import PreTrainedModel
 
-    original = PreTrainedModel.__dict__["get_init_context"]
+    init_context = PreTrainedModel.__dict__["get_init_context"]
+    move_from_meta = PreTrainedModel.__dict__["_move_missing_keys_from_meta_to_device"]
 
     def get_init_context(cls, *args, **kwargs):
-        contexts = original.__func__(cls, *args, **kwargs)
+        contexts = init_context.__func__(cls, *args, **kwargs)
         return [c for c in contexts if not (isinstance(c, torch.device) and c.type == "meta")]
 
+    def keep_computed_buffers(self, *args, **kwargs):
+        computed = {
+            name: buffer.detach().clone()
+            for name, buffer in self.named_non_persistent_buffers()
+            if buffer.device.type != "meta"
+        }
+        move_from_meta(self, *args, **kwargs)
+        for name, value in computed.items():
+            owner, _, attribute = name.rpartition(".")
+            module = self.get_submodule(owner) if owner else self
+            module._buffers[attribute] = value.to(module._buffers[attribute].device)
+
     PreTrainedModel.get_init_context = classmethod(get_init_context)
+    PreTrainedModel._move_missing_keys_from_meta_to_device = keep_computed_buffers
     try:
         yield
     finally:
-        PreTrainedModel.get_init_context = original
+        PreTrainedModel.get_init_context = init_context
+        PreTrainedModel._move_missing_keys_from_meta_to_device = move_from_meta
 
 
 def without_triton_kernels(network) -> None:
