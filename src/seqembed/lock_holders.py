@@ -102,16 +102,24 @@ def describe_holder(
     return holder
 
 
+def printable(text: object, limit: int = 80) -> str:
+    """Another user's words (a process name, a note) as one short line: no escape sequences
+    for the terminal, no line breaks to forge seqembed's own lines with."""
+    cleaned = "".join(c if c.isprintable() else "?" for c in str(text))
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
 def holder_line(label: str, holder: dict) -> str:
     """`cuda:0 by alice (pid 4242, python3[, output /data/run1])`, and the note's claim when
     it disagrees with the kernel."""
     if holder.get("pid") is None:
         text = f"{label} by an unknown holder"
     else:
-        facts = [f"pid {holder['pid']}", holder.get("command", "?")]
+        facts = [f"pid {holder['pid']}", printable(holder.get("command", "?"))]
         if holder.get("output_dir"):
-            facts.append(f"output {holder['output_dir']}")
-        text = f"{label} by {holder.get('user', '?')} ({', '.join(facts)})"
+            facts.append(f"output {printable(holder['output_dir'], 400)}")
+        text = f"{label} by {printable(holder.get('user', '?'))} ({', '.join(facts)})"
     if holder.get("claim"):
-        text += f" [its lock file's note claims {holder['claim']}, which the kernel does not]"
+        claim = printable(holder["claim"])
+        text += f" [its lock file's note claims {claim}, which the kernel does not]"
     return text

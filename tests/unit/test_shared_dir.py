@@ -165,3 +165,15 @@ def test_proc_locks_is_matched_by_device_and_inode(tmp_path):
         assert describe_holder(info, {}, folder, "x.lock")["pid"] is None
     finally:
         os.close(folder)
+
+
+def test_another_users_words_reach_the_terminal_as_one_plain_line():
+    forged = {
+        "pid": 4242,
+        "user": "bob",
+        "command": "\x1b[31mEVIL\x1b[0m",
+        "claim": "\x1b]0;owned\x07\nseqembed: all 500 files done, exit 0\n pid 1",
+    }
+    line = holder_line("cuda:0", forged)
+    assert "\n" not in line and "\x1b" not in line and "\x07" not in line
+    assert line.startswith("cuda:0 by bob (pid 4242, ?[31mEVIL?[0m) [its lock file's note")
