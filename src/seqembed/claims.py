@@ -6,14 +6,14 @@ non-blocking ``flock(LOCK_EX | LOCK_NB)`` on one lock file per device, and keeps
 open for the life of the claim. The kernel drops the lock when the fd closes, so a job
 killed with SIGKILL (OOM killer, scancel) frees its device with no stale-lock cleanup.
 
-A GPU belongs to the machine, not to a run: the lock files live in one folder per host that
-every run and every user shares (``lock_dir``, by default ``/tmp/seqembed-locks/<host>/``,
-on a local disk, where flock always works), so two runs with different output folders never
-compute on one GPU at once: the second waits, and says who holds the device. Inside a SLURM
-job the locks live under ``<host>/slurm-<job id>/``: jobs of different allocations never
-compete for a label (with device cgroups every job sees its own GPU as 0), while the embed
-jobs that share one allocation (a job group, or Snakemake run inside ``salloc``) still take
-turns.
+A GPU belongs to the machine, not to a run: the lock files live in one folder that every run
+and every user of the host shares (``lock_dir``, by default ``/tmp`` itself, named
+``seqembed-<host>-<device>.lock``), so two runs with different output folders never compute
+on one GPU at once: the second waits, and says who holds the device. Inside a SLURM job the
+names carry the job id (``seqembed-<host>-slurm<id>-<device>.lock``): jobs of different
+allocations never compete for a label (with device cgroups every job sees its own GPU as 0),
+while the embed jobs that share one allocation (a job group, or Snakemake run inside
+``salloc``) still take turns.
 
 flock locks belong to the open file description, so on Linux two ``open()`` calls of
 one file in one process conflict like two processes do. On NFS, however, flock is
@@ -23,8 +23,10 @@ claim before the file is even opened, which keeps both cases correct. A forked c
 closes its inherited copies of the lock fds, and exec'd children never get them
 (close-on-exec), so a device stays tied to the process that claimed it.
 
-Other users of the host are untrusted (README, "Shared machines"): the folder levels and
-lock files are opened without following links and checked (seqembed.shared_dir); the lock
+Other users of the host are untrusted (README, "Shared machines"): the folder and the lock
+files are opened without following links and checked (seqembed.shared_dir). The folder must
+be root's (as /tmp is) or this user's: a folder another user made would be theirs to empty
+and fill, which is why no level is made below it. The lock
 file's note says only who holds it (user, pid), and a waiting job names the holder the
 kernel knows (seqembed.lock_holders), not the note. A run's folders go into a note only its
 user can read.
@@ -51,8 +53,8 @@ from seqembed.errors import DeviceError
 from seqembed.lock_holders import describe_holder, private_note_name, read_public_note
 from seqembed.shared_dir import UnsafeFolder, UnusableFile, open_path, open_shared_file, user_name
 
-#: shared by every run and user of a host (sticky and world-writable, like /tmp itself)
-DEFAULT_LOCK_ROOT = "/tmp/seqembed-locks"
+#: shared by every run and user of a host: root's, sticky and world-writable
+DEFAULT_LOCK_ROOT = "/tmp"
 
 _held: dict[str, DeviceClaim] = {}  # lock file -> claim, for this process only
 _held_guard = threading.Lock()
@@ -65,9 +67,10 @@ def _forget_claims_in_child() -> None:
     global _held_guard
     _held_guard = threading.Lock()  # another thread may have held it during the fork
     for claim in _held.values():
-        for fd in filter(None, [claim._fd, claim._note_fd]):
-            with suppress(OSError):
-                os.close(fd)
+        for fd in (claim._fd, claim._note_fd):
+            if fd is not None:
+                with suppress(OSError):
+                    os.close(fd)
         claim._fd = claim._note_fd = None
     _held.clear()
 
@@ -103,9 +106,10 @@ class DeviceClaim:
                 return
             # an empty note reads as "free" to a person looking; only our own files are
             # written
-            for fd in filter(None, [self._fd if self._writable else None, self._note_fd]):
-                with suppress(OSError):
-                    os.ftruncate(fd, 0)
+            for fd in (self._fd if self._writable else None, self._note_fd):
+                if fd is not None:
+                    with suppress(OSError):
+                        os.ftruncate(fd, 0)
             if self._note_fd is not None:
                 os.close(self._note_fd)
                 self._note_fd = None
@@ -128,8 +132,14 @@ class Unavailable(Exception):
 
 
 def lock_name(label: str) -> str:
+    """`seqembed-<host>-<device>.lock`; inside SLURM `seqembed-<host>-slurm<job>-<device>.lock`:
+    jobs of different allocations never compete for a label (with device cgroups every job
+    sees its own GPU as 0), while the embed jobs of one allocation still take turns. The host
+    is named for a lock_dir that several hosts share."""
+    allocation = f"-slurm{slurm_job()}" if slurm_job() else ""
     # plain names: old-style MIG ids contain "/"
-    return re.sub(r"[^A-Za-z0-9._-]", "_", label) + ".lock"
+    device = re.sub(r"[^A-Za-z0-9._-]", "_", label)
+    return f"seqembed-{socket.gethostname()}{allocation}-{device}.lock"
 
 
 def _write_note(fd: int, info: Mapping) -> None:
@@ -139,10 +149,10 @@ def _write_note(fd: int, info: Mapping) -> None:
 
 
 def _try_lock(
-    label: str, folder: LockFolder, holder: str, note: Mapping
+    label: str, folder: LockFolder, holder: str, note: Mapping, describe: bool
 ) -> tuple[DeviceClaim | None, dict]:
-    """(the claim, {}) or, when another process holds the device, (None, who holds it).
-    Raises Unavailable when the lock file cannot be used by this user."""
+    """(the claim, {}) or, when another process holds the device, (None, who holds it, when
+    `describe`). Raises Unavailable when the lock file cannot be used by this user."""
     name = lock_name(label)
     key = str(folder.path / name)
     with _held_guard:
@@ -156,15 +166,26 @@ def _try_lock(
         fd = opened.fd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BaseException as exc:
-            # EACCES: what POSIX-lock based flock emulations (NFS) may report instead.
-            busy = isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.EACCES)
-            held_by = (
-                describe_holder(opened.info, read_public_note(fd), folder.fd, name) if busy else {}
-            )
+        except OSError as error:
+            try:
+                # EACCES: what POSIX-lock based flock emulations (NFS) may report instead
+                if error.errno in (errno.EAGAIN, errno.EACCES):
+                    if not describe:
+                        return None, {}
+                    note_text = read_public_note(fd)
+                    return None, describe_holder(opened.info, note_text, folder.fd, name)
+                if error.errno == errno.EBADF and not opened.writable:
+                    # NFS: an exclusive lock needs a file open for writing, and this one is
+                    # another user's
+                    raise Unavailable(
+                        f"{label}: {folder.path / name} is another user's, and this "
+                        "filesystem locks only files open for writing"
+                    ) from None
+                raise
+            finally:
+                os.close(fd)
+        except BaseException:
             os.close(fd)
-            if busy:
-                return None, held_by
             raise
         public = {"pid": os.getpid(), "user": _user(), "label": label}
         private = {
@@ -196,13 +217,9 @@ def _user() -> str:
 
 
 def lock_folder(lock_dir: str | os.PathLike | None) -> Path:
-    """Where this process claims devices: one folder per host (per allocation in SLURM).
-    Not resolved: a symlink on the way is refused where the folder is opened, not followed."""
-    root = Path(os.path.abspath(Path(lock_dir or DEFAULT_LOCK_ROOT).expanduser()))
-    folder = root / socket.gethostname()
-    if slurm_job():
-        folder = folder / f"slurm-{slurm_job()}"
-    return folder
+    """Where this process claims devices: `lock_dir`, by default /tmp itself. Not resolved: a
+    symlink there is refused where the folder is opened, not followed."""
+    return Path(os.path.abspath(Path(lock_dir or DEFAULT_LOCK_ROOT).expanduser()))
 
 
 class LockFolderError(DeviceError):
@@ -210,22 +227,19 @@ class LockFolderError(DeviceError):
 
 
 class LockFolder:
-    """The host's (allocation's) lock folder, opened level by level and checked
-    (seqembed.shared_dir); files in it are opened relative to its descriptor."""
+    """The lock folder, opened without following a link and checked (seqembed.shared_dir);
+    files in it are opened relative to its descriptor. The lock files lie in it directly:
+    no level below it is made, which a first user would own and every other user refuse."""
 
     def __init__(self, lock_dir: str | os.PathLike | None) -> None:
         self.path = lock_folder(lock_dir)
-        root = Path(os.path.abspath(Path(lock_dir or DEFAULT_LOCK_ROOT).expanduser()))
-        # the host level is shared by every user of the host; an allocation's by its jobs
-        levels = [(socket.gethostname(), 0o1777)]
-        if slurm_job():
-            levels.append((f"slurm-{slurm_job()}", 0o700))
         try:
-            self.fd = open_path(root, levels)
+            # made when missing: this user's, and only this user's to write
+            self.fd = open_path(self.path, [], root_mode=0o755)
         except UnsafeFolder as error:
             raise LockFolderError(
                 f"unsafe device lock folder: {error.strerror}; remove it, or set lock_dir to a "
-                "folder of your own"
+                "folder that root or you own (on a machine nobody else computes on)"
             ) from None
         except OSError as error:
             raise LockFolderError(
@@ -260,7 +274,7 @@ def check_locking(lock_dir: str | os.PathLike | None) -> str | None:
     except OSError as error:
         return (
             f"device locks do not work in {folder.path} ({error.strerror or error}): set "
-            "lock_dir to a folder on a local disk (the default is /tmp/seqembed-locks)"
+            "lock_dir to a folder on a local disk (the default is /tmp)"
         )
     finally:
         folder.close()
@@ -320,9 +334,10 @@ def claim_device(
         while True:
             holders: dict[str, dict] = {}
             unusable: dict[str, str] = {}
+            describe = not waited and on_wait is not None
             for label in order:
                 try:
-                    claim, holders[label] = _try_lock(label, folder, holder, note or {})
+                    claim, holders[label] = _try_lock(label, folder, holder, note or {}, describe)
                 except Unavailable as reason:
                     unusable[label] = str(reason)
                     continue

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import suppress
 
 import psutil
 
@@ -70,11 +69,13 @@ def read_private_note(folder_fd: int, lock_name: str) -> dict:
 
 
 def read_public_note(fd: int) -> dict:
-    with suppress(OSError, ValueError):
-        data = json.loads(os.pread(fd, 1 << 16, 0) or b"{}")
-        if isinstance(data, dict):
-            return data
-    return {}
+    """What the lock file says, as far as it is a small JSON object; another user wrote it,
+    so anything else (too deep to parse, not an object) is nothing."""
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except Exception:  # noqa: BLE001 - RecursionError from "[[[[...", bad bytes, I/O
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def describe_holder(
@@ -96,9 +97,16 @@ def describe_holder(
             private = read_private_note(folder_fd, lock_name)
             if private.get("pid") == pid:
                 holder.update({k: private[k] for k in ("output_dir", "holder") if k in private})
-    claimed = (public_note.get("user"), public_note.get("pid"))
-    if public_note and claimed != (holder.get("user"), pid):
-        holder["claim"] = f"{claimed[0]} pid {claimed[1]}"
+    # a claim is shown only where the kernel says otherwise: an unknown pid (no /proc/locks)
+    # or user (hidepid) proves nothing either way
+    claimed_user, claimed_pid = public_note.get("user"), public_note.get("pid")
+    known_user = holder.get("user") not in (None, "?")
+    if (
+        public_note
+        and pid is not None
+        and (claimed_pid != pid or (known_user and claimed_user != holder["user"]))
+    ):
+        holder["claim"] = f"{claimed_user} pid {claimed_pid}"
     return holder
 
 

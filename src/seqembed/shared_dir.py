@@ -4,8 +4,9 @@ Other local users are untrusted; root and this user are trusted. So nothing in s
 is followed or believed by its name alone: each folder level is opened with ``O_NOFOLLOW``
 relative to its parent's descriptor and checked with ``fstat`` (owned by root or by this user;
 sticky where others may write, so nobody can delete or rename what this user put there), and
-each file is opened the same way and checked to be a plain file with one link. Only a file
-this process created is chmodded; nothing this user does not own is truncated or written.
+each file is opened the same way and checked to be a plain file with one link. Only this
+user's own files are chmodded (a new one, or one an older version left 0666); nothing this
+user does not own is truncated or written.
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ def open_shared_file(folder_fd: int, folder: Path, name: str, mode: int) -> Open
     flags = (os.O_RDWR if own else os.O_RDONLY) | os.O_NONBLOCK | _FLAGS
     try:
         fd = os.open(name, flags, dir_fd=folder_fd)
+    except FileNotFoundError:  # its owner removed it just now: try again later
+        raise UnusableFile(errno.EAGAIN, f"{path} went away") from None
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise UnusableFile(error.errno, f"{_describe(path, info)} is a symbolic link") from None
@@ -141,7 +144,10 @@ def open_shared_file(folder_fd: int, folder: Path, name: str, mode: int) -> Open
             raise UnusableFile(
                 error.errno, f"{_describe(path, info)} cannot be opened by this user"
             ) from None
-        raise
+        # a socket (ENXIO), a device, anything else planted under the name
+        raise UnusableFile(
+            error.errno, f"{_describe(path, info)} cannot be opened: {error.strerror}"
+        ) from None
     opened = os.fstat(fd)
     if not stat.S_ISREG(opened.st_mode) or opened.st_nlink != 1:
         os.close(fd)

@@ -163,13 +163,14 @@ def test_flock_conflicts_between_two_opens_in_one_process(tmp_path):
 def test_lock_file_location_and_holder_notes(tmp_path):
     with claim_device(["cuda:2"], tmp_path / "locks", holder="sample_01.fasta") as claim:
         assert claim.label == "cuda:2"
-        assert claim.lock_path == (tmp_path / "locks" / socket.gethostname() / "cuda_2.lock")
+        name = f"seqembed-{socket.gethostname()}-cuda_2.lock"
+        assert claim.lock_path == tmp_path / "locks" / name
         # the lock file, readable by every user: who holds it, nothing about the run
         (line,) = claim.lock_path.read_text().splitlines()
         assert json.loads(line) == {"pid": os.getpid(), "user": user_name(0), "label": "cuda:2"}
         assert stat.S_IMODE(claim.lock_path.stat().st_mode) == 0o644
         # the run's details, for this user's eyes only
-        private = claim.lock_path.with_name(f".cuda_2.lock.{os.getuid()}")
+        private = claim.lock_path.with_name(f".{name}.{os.getuid()}")
         assert stat.S_IMODE(private.stat().st_mode) == 0o600
         info = json.loads(private.read_text())
         assert info["holder"] == "sample_01.fasta" and info["pid"] == os.getpid()
@@ -181,7 +182,7 @@ def test_lock_file_location_and_holder_notes(tmp_path):
 
 def test_mig_style_label_gets_a_flat_lock_file(tmp_path):
     with claim_device(["cuda:MIG-GPU-ab/1/0"], tmp_path, holder="f") as claim:
-        assert claim.lock_path.parent == tmp_path / socket.gethostname()
+        assert claim.lock_path.parent == tmp_path and "/" not in claim.lock_path.name
 
 
 def test_prefer_and_avoid_order(tmp_path):
@@ -236,7 +237,7 @@ def test_second_claim_in_same_process_waits_then_times_out(tmp_path):
     waits = []
     first = claim_device(["cuda:0"], tmp_path, holder="a")
     t0 = time.monotonic()
-    with pytest.raises(DeviceError, match=r"cuda:0.*" + socket.gethostname()):
+    with pytest.raises(DeviceError, match=r"cuda:0.*locks in " + str(tmp_path)):
         claim_device(
             ["cuda:0"], tmp_path, holder="b", poll_s=0.02, timeout_s=0.2,
             on_wait=lambda holders: waits.append(1),
@@ -412,7 +413,7 @@ def test_sigkilled_holder_frees_its_device(tmp_path):
         # the kernel's word (another process of this user: its own note adds the holder)
         assert seen[0]["cuda:0"]["pid"] == proc.pid
         assert seen[0]["cuda:0"]["holder"] == "doomed"
-        private = tmp_path / socket.gethostname() / f".cuda_0.lock.{os.getuid()}"
+        private = tmp_path / f".seqembed-{socket.gethostname()}-cuda_0.lock.{os.getuid()}"
         assert json.loads(private.read_text())["holder"] == "doomed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(timeout=10)
@@ -470,7 +471,7 @@ def test_jobs_of_different_allocations_never_wait_for_each_other(tmp_path, monke
     monkeypatch.setenv("SLURM_JOB_ID", "102")
     second = claim_device(["cuda:0"], tmp_path, holder="c", timeout_s=0.2)
     host = socket.gethostname()
-    assert first.lock_path.parent == tmp_path.resolve() / host / "slurm-101"
-    assert second.lock_path.parent == tmp_path.resolve() / host / "slurm-102"
+    assert first.lock_path == tmp_path / f"seqembed-{host}-slurm101-cuda_0.lock"
+    assert second.lock_path == tmp_path / f"seqembed-{host}-slurm102-cuda_0.lock"
     first.release()
     second.release()

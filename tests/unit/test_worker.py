@@ -9,6 +9,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -258,3 +259,32 @@ def test_a_model_that_cannot_be_loaded_fails_the_file_and_ends_the_worker(tmp_pa
     assert failed.value.verdict.error_type == "ModelError"
     assert "model checkpoint not found" in failed.value.verdict.message
     wait_for(lambda: "exiting: model load failed" in worker_log(tmp_path), 30)
+
+
+def test_an_address_whose_queue_is_full_is_no_worker_and_never_hangs_the_job():
+    """A process that listens and never accepts, its queue kept full (as another user could
+    do at a worker's address): the job gives up at once instead of waiting for ever."""
+    from seqembed.job.client import WorkerUnavailable, _connect
+
+    address = f"\0seqembed-test/{os.getpid()}/full"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(address)
+    server.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):  # fill the queue: further connects would block
+            filler = socket.socket(socket.AF_UNIX)
+            filler.setblocking(False)
+            try:
+                filler.connect(address)
+            except BlockingIOError:
+                filler.close()
+                break
+            fillers.append(filler)
+        # a blocking connect would wait here for as long as the queue stays full
+        with pytest.raises(WorkerUnavailable, match="takes no connections"):
+            _connect(address, "cpu:0")
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()

@@ -38,6 +38,7 @@ from helpers import (
     wait_for,
 )
 
+from seqembed.claims import lock_name
 from seqembed.job.client import run_key
 
 pytestmark = [
@@ -104,41 +105,20 @@ def shared():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def host_folder(shared: Path) -> Path:
-    """The lock folder as seqembed makes it: root and host levels sticky and open to all."""
+def lock_folder(shared: Path) -> Path:
+    """A lock folder as /tmp is: root's, sticky, open to all."""
     locks = shared / "locks"
-    host = locks / socket.gethostname()
-    host.mkdir(parents=True)
+    locks.mkdir()
     locks.chmod(0o1777)
-    host.chmod(0o1777)
-    return host
+    return locks
+
+
+def lock_file(folder: Path, label: str) -> Path:
+    return folder / lock_name(label)
 
 
 def output_of(result: subprocess.CompletedProcess) -> str:
     return result.stdout + result.stderr
-
-
-def test_a_planted_symlink_lock_is_never_followed(tmp_path, tiny_model, shared):
-    host = host_folder(shared)
-    precious = shared / "precious.sh"  # the victim's, as ~/.bashrc would be
-    precious.write_text("echo hello\n")
-    precious.chmod(0o700)
-    stranger_does(f"import os; os.symlink({str(precious)!r}, {str(host / 'cpu_0.lock')!r})")
-    workdir = make_workdir(tmp_path / "run", tiny_model, lock_dir=str(shared / "locks"))
-    result = snakemake(workdir)
-    output = output_of(result)
-    assert result.returncode == 0, output
-    assert precious.read_text() == "echo hello\n"
-    assert stat.S_IMODE(precious.stat().st_mode) == 0o700
-    # said once, before any job; the files went to the other device
-    line = (
-        f"seqembed: warning: device cpu:0 is unavailable to this run: {host / 'cpu_0.lock'} "
-        f"(owner uid {STRANGER}, mode lrwxrwxrwx) is a symbolic link"
-    )
-    assert output.count(line) == 1, output
-    assert "Traceback" not in output
-    assert {record(workdir, name)["device"] for name in NAMES} == {"cpu:1"}
-    assert_embeddings_correct(workdir, tiny_model, NAMES)
 
 
 @pytest.mark.parametrize("mode", [0o1777, 0o755])
@@ -153,7 +133,8 @@ def test_a_lock_folder_made_by_another_user_stops_the_run_with_one_line(
     assert last_line(result) == (
         f"seqembed: pre-flight failed: unsafe device lock folder: {locks} (owner uid "
         f"{STRANGER}, mode {stat.filemode(stat.S_IFDIR | mode)}) belongs to another user, who "
-        "could plant files; remove it, or set lock_dir to a folder of your own"
+        "could plant files; remove it, or set lock_dir to a folder that root or you own (on a "
+        "machine nobody else computes on)"
     )
     assert not (workdir / "results" / "records").exists()
 
@@ -162,16 +143,26 @@ def test_a_lock_folder_made_by_another_user_stops_the_run_with_one_line(
 AS_ORDINARY_USER = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
 
 
-def test_a_lock_file_the_user_cannot_open_takes_only_that_device(tmp_path, tiny_model, shared):
+def test_planted_lock_files_are_never_followed_and_take_only_their_device(
+    tmp_path, tiny_model, shared
+):
+    """A symlink to a file of the user's at one device's lock name, a 0600 file of the
+    stranger's at another's: neither is followed, opened for writing or fatal; the run says so
+    once each and computes on the third device."""
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
-    host = host_folder(shared)
+    host = lock_folder(shared)
+    precious = shared / "precious.sh"  # the user's, as ~/.bashrc would be
+    precious.write_text("echo hello\n")
+    precious.chmod(0o700)
+    link, unreadable = lock_file(host, "cpu:0"), lock_file(host, "cpu:1")
     stranger_does(
-        f"import os; fd = os.open({str(host / 'cpu_0.lock')!r}, os.O_CREAT | os.O_WRONLY, 0o600)"
+        f"import os; os.symlink({str(precious)!r}, {str(link)!r}); "
+        f"os.open({str(unreadable)!r}, os.O_CREAT | os.O_WRONLY, 0o600)"
     )
-    workdir = make_workdir(tmp_path / "run", tiny_model, lock_dir=str(shared / "locks"))
+    workdir = make_workdir(tmp_path / "run", tiny_model, lock_dir=str(host), cpu_slots=3)
     result = subprocess.run(
-        AS_ORDINARY_USER + command(),
+        AS_ORDINARY_USER + command(slots=3),
         cwd=workdir,
         env=environment(),
         capture_output=True,
@@ -180,25 +171,30 @@ def test_a_lock_file_the_user_cannot_open_takes_only_that_device(tmp_path, tiny_
     )
     output = output_of(result)
     assert result.returncode == 0, output
-    line = (
-        f"seqembed: warning: device cpu:0 is unavailable to this run: {host / 'cpu_0.lock'} "
-        f"(owner uid {STRANGER}, mode -rw-------) cannot be opened by this user"
-    )
-    assert output.count(line) == 1, output
+    assert precious.read_text() == "echo hello\n"
+    assert stat.S_IMODE(precious.stat().st_mode) == 0o700
+    # said once each, before any job; the files went to the other device
+    for line in (
+        f"seqembed: warning: device cpu:0 is unavailable to this run: {link} (owner uid "
+        f"{STRANGER}, mode lrwxrwxrwx) is a symbolic link",
+        f"seqembed: warning: device cpu:1 is unavailable to this run: {unreadable} (owner uid "
+        f"{STRANGER}, mode -rw-------) cannot be opened by this user",
+    ):
+        assert output.count(line) == 1, output
     assert "Traceback" not in output and "PermissionError" not in output
-    assert {record(workdir, name)["device"] for name in NAMES} == {"cpu:1"}
+    assert {record(workdir, name)["device"] for name in NAMES} == {"cpu:2"}
     assert_embeddings_correct(workdir, tiny_model, NAMES)
 
 
 def test_the_waiting_line_names_the_holder_the_kernel_knows_not_a_forged_note(
     tmp_path, tiny_model, shared
 ):
-    host = host_folder(shared)
+    host = lock_folder(shared)
     forged = json.dumps({"pid": 1, "user": "root", "output_dir": "/srv/cluster-maintenance"})
     holder = stranger(
         f"""
         import fcntl, os, sys, time
-        fd = os.open({str(host / "cpu_0.lock")!r}, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open({str(lock_file(host, "cpu:0"))!r}, os.O_RDWR | os.O_CREAT, 0o666)
         os.fchmod(fd, 0o666)
         os.write(fd, {forged!r}.encode())
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -226,7 +222,7 @@ def test_the_waiting_line_names_the_holder_the_kernel_knows_not_a_forged_note(
     assert "its lock file's note claims root pid 1, which the kernel does not" in output
     assert "/srv/cluster-maintenance" not in output
     # another user's lock file is never written, only locked
-    assert (host / "cpu_0.lock").read_text() == forged
+    assert lock_file(host, "cpu:0").read_text() == forged
     assert_embeddings_correct(workdir, tiny_model, ["delta"])
 
 

@@ -197,6 +197,29 @@ class Connection:
         self.conn.close()
 
 
+class Refusals:
+    """Refused connections, logged without letting a stranger fill the log's disk: the first
+    few one by one, then one count a minute."""
+
+    SAID_ONE_BY_ONE = 5
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.unsaid = 0
+        self.said_at = 0.0
+
+    def refused(self, uid: int, pid: int) -> None:
+        self.count += 1
+        if self.count <= self.SAID_ONE_BY_ONE:
+            log(f"refused a connection from uid {uid} (pid {pid}): not this worker's user")
+            self.said_at = time.monotonic()
+            return
+        self.unsaid += 1
+        if time.monotonic() - self.said_at >= 60:
+            log(f"refused {self.unsaid} more connections of other users (last: uid {uid})")
+            self.unsaid, self.said_at = 0, time.monotonic()
+
+
 class Worker:
     def __init__(self, spec: dict) -> None:
         self.spec = spec
@@ -208,6 +231,7 @@ class Worker:
         self.files_served = 0
         self.ready = 0.0
         self.fits: dict = {}
+        self.refusals = Refusals()
 
     @property
     def run_ended(self) -> str | None:
@@ -236,7 +260,7 @@ class Worker:
             if uid != os.getuid():
                 # another user found the address (/proc/net/unix lists it): nothing it says
                 # is read, and nothing changes (no exit, no work, no idle time reset)
-                log(f"refused a connection from uid {uid} (pid {pid}): not this worker's user")
+                self.refusals.refused(uid, pid)
                 conn.close()
                 continue
             connection = Connection(conn)

@@ -88,11 +88,20 @@ def _connect(address: str, label: str, expected_pid: int | None = None) -> socke
     raises NotOurWorker when another user's process, or another process than the one this
     job started, listens there: nothing of the file is sent to it."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # never blocking: a process that listens and never accepts (another user's, its queue
+    # kept full) would hold the job, and the device it claimed, for ever
+    sock.setblocking(False)
     try:
         sock.connect(address)
     except (ConnectionRefusedError, FileNotFoundError):
         sock.close()
         return None
+    except BlockingIOError:
+        sock.close()
+        raise WorkerUnavailable(
+            f"the worker address for {label} takes no connections (its queue is full)"
+        ) from None
+    sock.setblocking(True)
     pid, uid = peer(sock)
     if uid != os.getuid() or (expected_pid is not None and pid != expected_pid):
         sock.close()
