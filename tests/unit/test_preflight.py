@@ -85,7 +85,7 @@ def test_layers_the_model_does_not_have_stop_the_run_before_any_load(tiny_model)
 
 
 def test_device_locks_that_cannot_work_stop_the_run(tmp_path, monkeypatch):
-    from seqembed import claims
+    from seqembed import lock_folder as claims
     from seqembed.run.preflight import run_preflight
 
     # a folder that cannot exist (below a file): the claim would fail in every job

@@ -11,8 +11,9 @@ import stat
 
 import pytest
 
-from seqembed.claims import claim_device, lock_name, unavailable_devices
+from seqembed.claims import claim_device
 from seqembed.errors import DeviceError
+from seqembed.lock_folder import lock_name, unavailable_devices
 from seqembed.lock_holders import describe_holder, holder_line, kernel_holder
 from seqembed.run.preflight import PreflightError, check_lock_files
 

@@ -38,8 +38,8 @@ from helpers import (
     wait_for,
 )
 
-from seqembed.claims import lock_name
 from seqembed.job.client import run_key
+from seqembed.lock_folder import lock_name
 
 pytestmark = [
     pytest.mark.workflow,

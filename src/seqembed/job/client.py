@@ -25,7 +25,8 @@ from pathlib import Path
 
 import psutil
 
-from seqembed.compute.worker import ADDRESS_IN_USE, SPEC_VARIABLE, address, alive, peer
+from seqembed.compute.worker import ADDRESS_IN_USE, SPEC_VARIABLE, alive
+from seqembed.compute.worker_socket import address, peer
 from seqembed.devices import cuda_env_for, slurm_job
 from seqembed.errors import Crash, Failed, SeqembedError, Verdict
 

@@ -10,7 +10,6 @@ import os
 import re
 from pathlib import Path
 
-from seqembed.claims import check_locking, unavailable_devices
 from seqembed.compute.models import (
     FetchError,
     cached_checkpoint,
@@ -19,6 +18,7 @@ from seqembed.compute.models import (
     is_checkpoint_path,
 )
 from seqembed.devices import DeviceError, resolve_pool, slurm_job
+from seqembed.lock_folder import check_locking, unavailable_devices
 
 
 class PreflightError(Exception):
