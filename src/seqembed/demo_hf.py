@@ -279,6 +279,47 @@ def write_tiny_dna_model(
     return folder
 
 
+def write_tiny_nt_v1(folder: str | Path, *, max_positions: int = 34, seed: int = 0) -> Path:
+    """A Nucleotide Transformer v1 as InstaDeep's hub folders are made (transformers'
+    EsmForMaskedLM, learned absolute positions, the slow EsmTokenizer over their vocabulary of
+    4 special tokens, the 4,096 6-mers and single bases), tiny, with few positions so that a
+    long read meets the limit."""
+    import itertools
+
+    import torch
+    from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer
+
+    torch.manual_seed(seed)
+    kmers = ["".join(letters) for letters in itertools.product("ATCG", repeat=6)]
+    tokens = ["<unk>", "<pad>", "<mask>", "<cls>", *kmers, "A", "T", "C", "G", "N"]
+    config = EsmConfig(
+        vocab_size=len(tokens),
+        pad_token_id=1,
+        mask_token_id=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=max_positions,
+        position_embedding_type="absolute",
+        emb_layer_norm_before=False,
+        token_dropout=False,
+        layer_norm_eps=1e-12,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        tie_word_embeddings=False,
+        architectures=["EsmForMaskedLM"],
+    )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    EsmForMaskedLM(config).eval().save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    tokenizer = EsmTokenizer(str(folder / "vocab.txt"), eos_token=None)
+    tokenizer.model_max_length = 1000
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)

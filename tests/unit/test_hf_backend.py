@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 from reference import recipe_network, reference_outputs
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
 
 from seqembed.compute.backends import DNA_ALPHABET, PROTEIN_ALPHABET, alphabet_for, load_backend
 from seqembed.compute.backends.esm import EsmBackend
@@ -301,3 +301,32 @@ def test_own_code_that_mixes_float32_into_attention_runs_in_half_precision(dna_r
     half.autocast = contextlib.nullcontext()
     with pytest.raises(RuntimeError, match="expected m1 and m2 to have the same dtype"):
         half.embed(sequences[:2], [2])
+
+
+def test_nucleotide_transformer_v1_equals_its_model_cards_recipe_and_cuts_at_its_positions(
+    tmp_path,
+):
+    """InstaDeep's v1 folders: transformers' ESM with learned positions and a 6-mer
+    tokenizer. The card pads to a fixed length and averages the last hidden state over the
+    attention mask (<cls> included: all_tokens, the default for nucleotide models). ESM
+    numbers positions from padding_idx + 1: 34 positions take 32 tokens, and a longer read is
+    cut there instead of failing."""
+    from seqembed.demo_hf import write_tiny_nt_v1
+
+    folder = write_tiny_nt_v1(tmp_path / "nt-v1", max_positions=34)
+    backend = load_backend(str(folder), device="cpu", precision="fp32", truncation=100_000)
+    assert not backend.protein and backend.max_tokens == 32
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    network = AutoModelForMaskedLM.from_pretrained(folder).eval()
+    reads = [random_dna(random.Random(seed), 20 + 13 * seed) for seed in range(8)]
+    got = backend.embed(reads, [2])[2]
+    with torch.no_grad():
+        for read, row in zip(reads, got, strict=True):
+            encoded = tokenizer([read], return_tensors="pt", padding="max_length", max_length=32)
+            out = network(**encoded, output_hidden_states=True)
+            mask = encoded["attention_mask"].unsqueeze(-1)
+            expected = (out.hidden_states[-1] * mask).sum(1)[0] / mask.sum()
+            assert (row - expected).abs().max().item() <= 1e-5
+    long_read = random_dna(random.Random(99), 600)  # 100 6-mers
+    assert backend.token_counts([long_read]) == [32]
+    assert backend.embed([long_read], [2])[2].shape == (1, 32)

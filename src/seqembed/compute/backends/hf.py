@@ -128,6 +128,10 @@ class HfBackend:
         unlimited = config.get("position_embedding_type") in ("rotary", "alibi") or (
             "alibi_starting_size" in config
         )
+        if limit and config.get("model_type") == "esm":
+            # ESM numbers positions from padding_idx + 1 (Nucleotide Transformer v1: 1,002
+            # positions, 1,000 tokens)
+            limit -= (getattr(settings, "pad_token_id", None) or 0) + 1
         self.max_tokens = None if unlimited or not limit else limit
         #: the model's own code: its blocks may not keep [B, T, D] (DNABERT-2 removes padding)
         self.own_code = bool(remote_code(config))
@@ -143,6 +147,7 @@ class HfBackend:
         else:
             # the special tokens the tokenizer adds to every sequence ([CLS], [SEP])
             self.extra_tokens = len(tokenizer("", add_special_tokens=True)["input_ids"])
+            self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)))
 
     @classmethod
     def load(
@@ -216,11 +221,11 @@ class HfBackend:
             attention = tokens != pad_id
             pooled_over = letter_pooling_mask(lengths, tokens.shape[1], self.pooling)
         else:
-            encoded = self._encode(
-                sequences, padding=True, return_tensors="pt", return_special_tokens_mask=True
-            )
+            encoded = self._encode(sequences, padding=True, return_tensors="pt")
             tokens, attention = encoded["input_ids"], encoded["attention_mask"].bool()
-            residues = attention & ~encoded["special_tokens_mask"].bool()
+            # the special tokens by id: the slow EsmTokenizer's own special_tokens_mask is one
+            # longer than the ids once truncation cuts them (Nucleotide Transformer v1)
+            residues = attention & ~torch.isin(tokens, self.special_ids)
             pooled_over = residues if self.pooling == "residues" else attention
         prepared = (tokens, attention.long(), pooled_over)
         if self.device.type == "cuda":
