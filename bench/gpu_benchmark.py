@@ -9,7 +9,9 @@ bf16 through seqembed's batching and fused attention, model FLOP utilisation (MF
 bf16 matmul peak measured on the same GPU, and fp32 tokens/s the way fair-esm's extraction
 runs (4,096-token batches, its own attention); for 650M also what per-residue output costs
 (rows copied to the host per batch and written to HDF5) and what one file costs in four
-shards against whole on the one device (shard_size: jobs, gather). `--smoke` runs the same code on
+shards against whole on the one device (shard_size: jobs, gather); and a model with its own
+code at DNABERT-2's shape in fp32, bf16 and fp16 (speed, and how far half precision moves the
+embeddings). `--smoke` runs the same code on
 tiny shapes, on the CPU, in seconds: the test suite does that so the script is known to work
 before a GPU is ever lent.
 """
@@ -301,6 +303,47 @@ def per_residue_cost(path: Path, records: FastaRecords, device: str, precision: 
     return figures
 
 
+def own_code_dna(out: Path, device: str, smoke: bool) -> dict:
+    """A model with its own code, as DNABERT-2/-S ship theirs (the suite's stand-in, built at
+    DNABERT-2's shape: 12 layers x 768, 12 heads; random weights): tokens/s in fp32 and in
+    half precision (built in fp32, cast, run under autocast: their attention adds a float32
+    bias), and how far half precision moves the mean embeddings (relative L2, worst read)."""
+    from seqembed.demo_hf import random_dna, write_tiny_dna_model
+
+    shape = (
+        {"layers": 2, "dim": 32, "heads": 4} if smoke else {"layers": 12, "dim": 768, "heads": 12}
+    )
+    folder = write_tiny_dna_model(out / "models" / "own-code-dna", remote_code=True, **shape)
+    rng = random.Random(5)
+    reads = [random_dna(rng, rng.randint(150, 1000)) for _ in range(16 if smoke else 512)]
+    records = FastaRecords([f"r{i}" for i in range(len(reads))], reads)
+    budget = fixed_budget(4096 if smoke else 32768)
+    figures, means = {}, {}
+    for precision in ("fp32", "bf16", "fp16"):
+        backend = load_backend(
+            str(folder), device=device, precision=precision, truncation=1022,
+            trust_remote_code=True,
+        )  # fmt: skip
+        layer = backend.num_layers
+        embed_all(
+            backend, FastaRecords(records.ids[:4], reads[:4]), [layer], budget, truncation=1022
+        )
+        synchronize(device)
+        started = time.time()
+        result = embed_all(backend, records, [layer], budget, truncation=1022)
+        synchronize(device)
+        figures[f"{precision}_tokens_per_s"] = result.real_tokens / (time.time() - started)
+        means[precision] = result.pooled["mean"][layer].float().cpu()
+        del backend
+        if not smoke:
+            torch.cuda.empty_cache()
+    for precision in ("bf16", "fp16"):
+        difference = (means[precision] - means["fp32"]).norm(dim=1) / means["fp32"].norm(dim=1)
+        figures[f"{precision}_relative_error"] = difference.max().item()
+    shutil.rmtree(folder)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/gpu-bench"))
@@ -403,6 +446,13 @@ def main() -> None:
         path.with_name(f"{path.stem}-contact-regression.pt").unlink()
         if not smoke:
             torch.cuda.empty_cache()
+    dna = report["own_code_dna"] = own_code_dna(args.out, device, smoke)
+    print(
+        "own-code DNA model (DNABERT-2's shape): fp32 "
+        f"{dna['fp32_tokens_per_s']:,.0f} tokens/s, bf16 {dna['bf16_tokens_per_s']:,.0f} "
+        f"(error {dna['bf16_relative_error']:.1e}), fp16 {dna['fp16_tokens_per_s']:,.0f} "
+        f"(error {dna['fp16_relative_error']:.1e})"
+    )
     (args.out / "gpu_benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
 
 

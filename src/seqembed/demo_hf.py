@@ -210,7 +210,13 @@ def random_dna(rng: random.Random, length: int) -> str:
 
 
 def write_tiny_dna_model(
-    folder: str | Path, *, remote_code: bool = False, layers: int = 2, dim: int = 32, seed: int = 0
+    folder: str | Path,
+    *,
+    remote_code: bool = False,
+    layers: int = 2,
+    dim: int = 32,
+    heads: int = 4,
+    seed: int = 0,
 ) -> Path:
     """A random BERT with a byte-pair tokenizer trained on random DNA (and N)."""
     import torch
@@ -240,7 +246,7 @@ def write_tiny_dna_model(
         vocab_size=tokenizer.get_vocab_size(),
         hidden_size=dim,
         num_hidden_layers=layers,
-        num_attention_heads=4,
+        num_attention_heads=heads,
         intermediate_size=4 * dim,
         max_position_embeddings=512,
         hidden_dropout_prob=0.0,

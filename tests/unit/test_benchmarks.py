@@ -42,3 +42,7 @@ def test_gpu_benchmark_runs_end_to_end_in_smoke_mode(tmp_path):
     # one file whole and in shards (two in smoke mode) on one device: what a shard costs
     assert tiny["sharded"]["wall_seconds_1"] > 0 and tiny["sharded"]["wall_seconds_2"] > 0
     assert list((tmp_path / "models").iterdir()) == []  # large checkpoints are cleaned up
+    # a model with its own code (DNABERT-2's traits) in every precision
+    dna = report["own_code_dna"]
+    assert all(dna[f"{p}_tokens_per_s"] > 0 for p in ("fp32", "bf16", "fp16"))
+    assert dna["bf16_relative_error"] <= 1e-2 and dna["fp16_relative_error"] <= 1e-2
