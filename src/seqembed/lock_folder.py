@@ -14,7 +14,7 @@ from pathlib import Path
 
 from seqembed.devices import slurm_job
 from seqembed.errors import DeviceError
-from seqembed.shared_dir import UnsafeFolder, UnusableFile, open_path, open_shared_file
+from seqembed.shared_dir import UnsafeFolder, UnusableFile, open_checked_folder, open_shared_file
 
 #: shared by every run and user of a host: root's, sticky and world-writable
 DEFAULT_LOCK_ROOT = "/tmp"
@@ -50,7 +50,7 @@ class LockFolder:
         self.path = lock_folder(lock_dir)
         try:
             # made when missing: this user's, and only this user's to write
-            self.fd = open_path(self.path, [], root_mode=0o755)
+            self.fd = open_checked_folder(self.path, 0o755)
         except UnsafeFolder as error:
             raise LockFolderError(
                 f"unsafe device lock folder: {error.strerror}; remove it, or set lock_dir to a "

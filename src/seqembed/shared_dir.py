@@ -1,7 +1,7 @@
 """Files in a folder that other users of the host can write to (the device locks' folder).
 
 Other local users are untrusted; root and this user are trusted. So nothing in such a folder
-is followed or believed by its name alone: each folder level is opened with ``O_NOFOLLOW``
+is followed or believed by its name alone: the folder is opened with ``O_NOFOLLOW``
 relative to its parent's descriptor and checked with ``fstat`` (owned by root or by this user;
 sticky where others may write, so nobody can delete or rename what this user put there), and
 each file is opened the same way and checked to be a plain file with one link. Only this
@@ -22,7 +22,7 @@ _FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafeFolder(OSError):
-    """A folder level that another user controls (or that is not a plain folder)."""
+    """A folder that another user controls (or that is not a plain folder)."""
 
 
 class UnusableFile(OSError):
@@ -87,23 +87,16 @@ def open_folder(parent_fd: int, parent: Path, name: str, mode: int) -> int:
     return fd
 
 
-def open_path(root: Path, levels: list[tuple[str, int]], root_mode: int = 0o1777) -> int:
-    """`root` and then each (name, mode) level below it, opened (created when missing) and
-    checked level by level; returns the last one's descriptor. The root's parents are the
-    user's own choice and are followed as usual; the root itself is checked like the rest,
-    so a symlinked or foreign root is refused."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    path = root.parent
+def open_checked_folder(path: Path, mode: int) -> int:
+    """`path` opened (made with `mode` when missing) and checked as the module says; returns
+    its descriptor. Its parents are the user's own choice and are followed as usual; the
+    folder itself is not, so a symlinked or foreign folder is refused."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for name, mode in [(root.name, root_mode), *levels]:
-            child = open_folder(fd, path, name, mode)
-            os.close(fd)
-            fd, path = child, path / name
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return open_folder(parent, path.parent, path.name, mode)
+    finally:
+        os.close(parent)
 
 
 @dataclass
