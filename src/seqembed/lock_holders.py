@@ -60,8 +60,7 @@ def read_private_note(folder_fd: int, lock_name: str) -> dict:
         info = os.fstat(fd)
         if info.st_uid != os.getuid() or info.st_mode & 0o077:
             return {}
-        with os.fdopen(os.dup(fd), "rb") as stream:
-            return json.loads(stream.read(1 << 16) or b"{}")
+        return json.loads(os.pread(fd, 1 << 16, 0) or b"{}")
     except (OSError, ValueError):
         return {}
     finally:

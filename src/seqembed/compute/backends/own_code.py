@@ -102,8 +102,7 @@ def build_without_weights(folder: Path) -> None:
 
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
     with built_on_the_cpu(), no_init_weights():
-        network = AutoModel.from_config(config, trust_remote_code=True, dtype=torch.float32)
-    del network
+        AutoModel.from_config(config, trust_remote_code=True, dtype=torch.float32)
 
 
 def autocast_for(device: torch.device, dtype):
