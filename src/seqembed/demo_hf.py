@@ -111,6 +111,8 @@ code:
   buffer, and rebuilt larger when a longer sequence comes;
 - a non-persistent buffer computed in __init__ (as the rotary frequencies of NT v2 and
   ESM++), which transformers 5 leaves as uninitialised memory after loading;
+- only the real tokens kept between blocks ([tokens of the batch, D], bert_padding.py's
+  unpad_input), so the blocks' outputs are no layers one row per token;
 - the attention bias (padding mask plus ALiBi) made in float32 whatever the weights' dtype,
   so attention probabilities are float32 and meet half-precision values in a matmul;
 - forward returns DNABERT-2's tuple (hidden states, pooled).
@@ -144,7 +146,8 @@ class TinyDnaLayer(nn.Module):
         self.down = nn.Linear(config.intermediate_size, config.hidden_size)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, hidden, bias):
+    def forward(self, hidden, indices, shape, bias):
+        hidden = _padded(hidden, indices, shape)
         batch, length, width = hidden.shape
         q, k, v = self.qkv(hidden).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         if flash_attn_qkvpacked_func is not None:
@@ -153,7 +156,15 @@ class TinyDnaLayer(nn.Module):
         probabilities = scores.softmax(-1)
         context = torch.matmul(probabilities, v).transpose(1, 2).reshape(batch, length, width)
         hidden = self.norm1(hidden + self.out(context))
-        return self.norm2(hidden + self.down(nn.functional.gelu(self.up(hidden))))
+        hidden = self.norm2(hidden + self.down(nn.functional.gelu(self.up(hidden))))
+        return hidden.reshape(batch * length, width)[indices]
+
+
+def _padded(tokens, indices, shape):
+    """[tokens of the batch, D] back to [B, T, D], zeros at the padding (bert_padding.py's
+    pad_input)."""
+    rows = tokens.new_zeros(shape[0] * shape[1], tokens.shape[-1])
+    return rows.index_copy(0, indices, tokens).view(*shape, -1)
 
 
 class TinyDnaEncoder(nn.Module):
@@ -177,9 +188,13 @@ class TinyDnaEncoder(nn.Module):
             self.alibi = self.alibi.to(hidden.device)
         padding = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
         bias = (padding + self.alibi[:, :, :length, :length]).float()
+        # only the real tokens between blocks, as DNABERT-2's unpad_input keeps them
+        indices = attention_mask.flatten().nonzero().flatten()
+        shape = hidden.shape[:2]
+        hidden = hidden.reshape(-1, hidden.shape[-1])[indices]
         for layer in self.layer:
-            hidden = layer(hidden, bias)
-        return hidden
+            hidden = layer(hidden, indices, shape, bias)
+        return _padded(hidden, indices, shape)
 
 
 class TinyDnaModel(BertPreTrainedModel):

@@ -121,10 +121,10 @@ def test_model_code_runs_only_when_trusted(dna_remote):
     backend = load_backend(
         str(dna_remote), device="cpu", precision="fp32", truncation=1022, trust_remote_code=True
     )
-    # DNABERT-2's code unpads inside its encoder: only its output is in transformers' form
-    with pytest.raises(ModelError, match="only the last layer \\(2\\) can be read"):
-        backend.resolve_layers([1, 2])
-    assert backend.resolve_layers("last") == [2]
+    # DNABERT-2's code unpads inside its encoder: its blocks keep no row per token
+    with pytest.raises(ModelError, match="layer 1 cannot be read: the model's own code keeps"):
+        backend.embed(nucleotides()[:2], [1, 2])
+    assert backend.embed(nucleotides()[:2], [2])[2].shape == (2, 32)
 
 
 def test_the_failing_triton_kernel_of_dnabert_code_is_not_called(tmp_path):
@@ -235,7 +235,7 @@ def test_an_unreadable_model_folder_is_an_error_naming_it(tmp_path):
         ("trust", "ships its own code (modeling_tinydna.TinyDnaModel): set trust_remote_code"),
         ("per_tok", "config key 'include': per_tok is written for protein models"),
         ("imports", "imports not_installed_here, not installed here: pip install not_installed"),
-        ("layers", "config key 'layers': only the last layer (2) of "),
+        ("layers", "config key 'layers': {folder}: layer 1 cannot be read: the model's own code"),
         ("code", "names its code modeling_tinydna.py, which is missing"),
         ("builds", "cannot be built from {folder}: RuntimeError: made for another transformers"),
     ],

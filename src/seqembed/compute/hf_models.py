@@ -96,10 +96,17 @@ def vocabulary(folder: Path) -> set[str]:
     return set()
 
 
+#: a vocabulary of letters and a few special tokens (ESM-2: 33, ESM C: 33), not of byte pairs
+LETTER_VOCABULARY = 128
+
+
 def is_protein_folder(folder: Path, config: dict) -> bool:
-    """An ESM-2: model type esm with amino acids for tokens. InstaDeep's Nucleotide
-    Transformers are model type esm too, with k-mers of ACGTN for tokens."""
-    return config.get("model_type") == "esm" and PROTEIN_ONLY_LETTERS <= vocabulary(folder)
+    """A protein model read one token per residue (ESM-2, ESM C): the tokens are amino acids,
+    each a token of its own, and few. Nucleotide models hold k-mers or byte pairs of ACGTN
+    (InstaDeep's Nucleotide Transformers are model type esm too); a protein model of byte
+    pairs (ProtGPT2's kind) is not read residue by residue, so it does not count."""
+    tokens = vocabulary(folder)
+    return PROTEIN_ONLY_LETTERS <= tokens and len(tokens) <= LETTER_VOCABULARY
 
 
 def is_protein_model(model: str, model_cache: str | None = None) -> bool:

@@ -178,7 +178,12 @@ def check_hf_model(config: dict) -> str:
     """A Hugging Face folder (or cached hub id) with a config, weights and a tokenizer, its own
     code allowed if it has some, the requested layers within its depth, and outputs it can
     give; read from the files alone (no weights loaded). Returns the folder."""
-    from seqembed.compute.hf_models import model_config, model_folder, remote_code
+    from seqembed.compute.hf_models import (
+        is_protein_folder,
+        model_config,
+        model_folder,
+        remote_code,
+    )
     from seqembed.errors import ModelError, ReadError
 
     model = config["model"]
@@ -200,6 +205,7 @@ def check_hf_model(config: dict) -> str:
     if own_code:
         check_model_code(folder, settings)
     depth = settings.get("num_hidden_layers")
+    layers = []
     if depth is not None:
         from seqembed.compute.backends import resolve_layers
 
@@ -207,45 +213,65 @@ def check_hf_model(config: dict) -> str:
             layers = resolve_layers(config["layers"], depth, model)
         except ModelError as error:
             raise PreflightError(f"config key 'layers': {error}") from None
-        if own_code and layers != [depth]:
-            raise PreflightError(
-                f"config key 'layers': only the last layer ({depth}) of {model} can be read: "
-                "its own code does not keep its layers' outputs in transformers' form"
-            )
-    if settings.get("model_type") != "esm" and "per_tok" in config["include"]:
+    if not is_protein_folder(folder, settings) and "per_tok" in config["include"]:
         raise PreflightError(
             f"config key 'include': per_tok is written for protein models; {model} is a "
             "nucleotide model (mean and bos are)"
         )
-    check_model_builds(model, folder, bool(own_code))
+    check_model_builds(model, folder, bool(own_code), layers)
     return str(folder)
 
 
-def check_model_builds(model: str, folder: Path, own_code: bool) -> None:
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+def check_model_builds(model: str, folder: Path, own_code: bool, layers: list[int]) -> None:
     """The network built from its config as the workers will build it, without its weights:
     a model whose code cannot be built (code made for another transformers) stops the run
     here, once, instead of failing every file. transformers' own classes are built on the meta
     device, as the workers' loading builds them; a model's own code on the CPU
-    (seqembed.compute.backends.own_code), which costs its size in memory for a moment."""
+    (seqembed.compute.backends.own_code), which costs its size in memory for a moment, and is
+    run once on two short sequences when layers other than the last are asked for, to see
+    that its code keeps them one row per token (DNABERT-2's does not)."""
     import torch
 
+    from seqembed.compute.backends.layer_taps import check_layers_readable, find_blocks
     from seqembed.compute.backends.own_code import build_without_weights
     from seqembed.compute.hf_models import offline
+    from seqembed.errors import ModelError
 
     offline()
     try:
         if own_code:
-            build_without_weights(folder)
+            network = build_without_weights(folder)
         else:
             from transformers import AutoConfig, AutoModel
 
             with torch.device("meta"):
-                AutoModel.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+                network = AutoModel.from_config(
+                    AutoConfig.from_pretrained(folder, local_files_only=True)
+                )
     except Exception as error:  # noqa: BLE001 - any reason is one line for the user
-        text = str(error).strip()
-        summary = text.splitlines()[0][:200] if text else ""
         raise PreflightError(
-            f"model {model} cannot be built from {folder}: {type(error).__name__}: {summary}"
+            f"model {model} cannot be built from {folder}: {type(error).__name__}: "
+            f"{_first_line(error)}"
+        ) from None
+    depth = network.config.num_hidden_layers
+    if not layers or layers == [depth]:
+        return
+    try:
+        if not own_code and not find_blocks(network, depth):
+            raise ModelError(f"{model}: only the last layer ({depth}) can be read")
+        if own_code:
+            check_layers_readable(network, layers, model)
+    except ModelError as error:
+        raise PreflightError(f"config key 'layers': {error}") from None
+    except Exception as error:  # noqa: BLE001 - its code failed on a short input
+        raise PreflightError(
+            f"model {model} fails on two short sequences: {type(error).__name__}: "
+            f"{_first_line(error)}"
         ) from None
 
 

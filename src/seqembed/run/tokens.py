@@ -36,7 +36,12 @@ def sequences_of(path: str | os.PathLike) -> Iterator[str]:
 def token_counter(config: dict) -> Callable[[str], int] | None:
     """path -> tokens of the whole file (special tokens included, sequences cut at the
     truncation), for a Hugging Face nucleotide model with a tokenizer.json; None otherwise."""
-    from seqembed.compute.hf_models import is_hf_model, model_config, model_folder
+    from seqembed.compute.hf_models import (
+        is_hf_model,
+        is_protein_folder,
+        model_config,
+        model_folder,
+    )
     from seqembed.errors import ModelError, ReadError
 
     model = config["model"]
@@ -44,8 +49,8 @@ def token_counter(config: dict) -> Callable[[str], int] | None:
         return None
     try:
         folder = model_folder(model, config["model_cache"])
-        if model_config(folder).get("model_type") == "esm":
-            return None
+        if is_protein_folder(folder, model_config(folder)):
+            return None  # a token per residue: counted as residues
     except (ModelError, ReadError):
         return None  # the pre-flight and the jobs say what is wrong
     if not (folder / "tokenizer.json").is_file():

@@ -1,9 +1,10 @@
-"""Models in Hugging Face format through transformers' own classes: ESM-2 from its maintained
-home, and nucleotide models such as DNABERT-S (byte-pair tokens, often their own model code).
+"""Models in Hugging Face format: ESM-2 from its maintained home and Nucleotide Transformer v1
+through transformers' own classes; models with their own code (DNABERT-2/-S, Nucleotide
+Transformer v2, ESM C through ESM++; own_code.py). Protein models read one token per residue;
+nucleotide models their tokenizer's tokens (byte pairs, k-mers).
 
-The layers are numbered as fair-esm numbers them: 0 is the embedding output, N the last
-layer's (after ESM's final layer norm). Only the requested layers are kept: a hook on each
-requested block, not transformers' output_hidden_states, which keeps all N + 1.
+The layers are numbered as fair-esm numbers them, and only the requested ones are kept
+(layer_taps.py).
 
 Pooling: `residues`, the mean over the sequence's own tokens (no special tokens), fair-esm's
 definition and the default for ESM; `all_tokens`, the mean over every token of the sequence,
@@ -30,6 +31,7 @@ from seqembed.compute.backends import (
     select_outputs,
     torch_dtype,
 )
+from seqembed.compute.backends.layer_taps import LayerTaps, find_blocks
 from seqembed.compute.backends.own_code import autocast_for, load_own_code
 from seqembed.compute.hf_models import (
     DNA_ALPHABET,
@@ -43,18 +45,6 @@ from seqembed.errors import ReadError
 
 #: sequences tokenised at once when counting a file's tokens
 TOKENIZE_CHUNK = 1024
-
-
-def _first(output):
-    """The hidden states of a block's or a model's output (a tensor, a tuple, a ModelOutput)."""
-    return output if isinstance(output, torch.Tensor) else output[0]
-
-
-def _blocks(network) -> list:
-    """The transformer blocks, in order, where BERT-like models keep them."""
-    encoder = getattr(network, "encoder", None)
-    blocks = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
-    return list(blocks) if blocks is not None else []
 
 
 def load_network(model: str, model_cache, dtype, trust_remote_code: bool):
@@ -74,15 +64,12 @@ def load_network(model: str, model_cache, dtype, trust_remote_code: bool):
 
     transformers.logging.set_verbosity_error()  # its load report: a table per worker start
     transformers.logging.disable_progress_bar()
-    options = {"trust_remote_code": trust_remote_code, "local_files_only": True}
-    if not own_code:
-        options["add_pooling_layer"] = False  # BERT's and ESM's pooler: never used here
+    # BERT's and ESM's pooler: never used here
+    options = {"local_files_only": True, "add_pooling_layer": False}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            folder, trust_remote_code=trust_remote_code, local_files_only=True
-        )
+        tokenizer = None
         if own_code:
-            network = load_own_code(folder, dtype, options)
+            network, tokenizer = load_own_code(folder, dtype)
         else:
             try:
                 network = AutoModel.from_pretrained(
@@ -90,6 +77,10 @@ def load_network(model: str, model_cache, dtype, trust_remote_code: bool):
                 )
             except (ValueError, ImportError):  # a class without fused attention
                 network = AutoModel.from_pretrained(folder, dtype=dtype, **options)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(
+                folder, trust_remote_code=trust_remote_code, local_files_only=True
+            )
     except OSError as error:
         if isinstance(error, FileNotFoundError) or not error.errno:
             raise ModelError(f"cannot load model '{model}' from {folder}: {error}") from None
@@ -120,8 +111,7 @@ class HfBackend:
         self.num_layers = settings.num_hidden_layers
         self.embed_dim = settings.hidden_size
         self.attention_heads = settings.num_attention_heads
-        self.blocks = _blocks(network)
-        self.embeddings = getattr(network, "embeddings", None)
+        self.blocks = find_blocks(network, self.num_layers)
         # the most tokens the model's positions allow (rotary and ALiBi models, DNABERT-2/-S
         # among them: no limit); longer ones are cut there, as the model would fail on them
         limit = getattr(settings, "max_position_embeddings", None)
@@ -181,12 +171,10 @@ class HfBackend:
 
     def resolve_layers(self, layers) -> list[int]:
         layers = resolve_layers(layers, self.num_layers, self.name)
-        if any(layer < self.num_layers for layer in layers) and (
-            self.own_code or len(self.blocks) != self.num_layers
-        ):
+        if any(layer < self.num_layers for layer in layers) and not self.blocks:
             raise ModelError(
-                f"{self.name}: only the last layer ({self.num_layers}) can be read: the model's "
-                "own code does not keep its layers' outputs in transformers' form"
+                f"{self.name}: only the last layer ({self.num_layers}) can be read: its blocks "
+                "were not found"
             )
         return layers
 
@@ -233,25 +221,9 @@ class HfBackend:
         return prepared
 
     def _representations(self, tokens, attention, layers: list[int]) -> dict[int, torch.Tensor]:
-        captured: dict[int, torch.Tensor] = {}
-
-        def keep(layer: int):
-            return lambda module, inputs, output: captured.__setitem__(layer, _first(output))
-
-        handles = []
-        if 0 in layers and self.embeddings is not None:
-            handles.append(self.embeddings.register_forward_hook(keep(0)))
-        for layer in layers:
-            if 0 < layer < self.num_layers:
-                handles.append(self.blocks[layer - 1].register_forward_hook(keep(layer)))
-        try:
-            with self.autocast:
-                output = self.network(input_ids=tokens, attention_mask=attention)
-        finally:
-            for handle in handles:
-                handle.remove()
-        captured[self.num_layers] = _first(output)
-        return captured
+        with LayerTaps(self.blocks, layers, self.num_layers) as taps, self.autocast:
+            output = self.network(input_ids=tokens, attention_mask=attention)
+        return taps.representations(output, tokens, self.name)
 
     @torch.inference_mode()
     def forward(self, prepared, layers: list[int], include=("mean",)):
