@@ -90,52 +90,14 @@ def run_on_slurm(
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=env)
 
 
-def test_demo_workflow_through_sbatch_with_granted_gpus_failures_and_rerun(
+def test_packed_submissions_a_bad_file_fails_alone_and_a_rerun_redoes_only_it(
     tmp_path, tiny_model, slurm_conf
 ):
-
-    workdir = make_workdir(tmp_path / "run", tiny_model, device="cuda")
-    user_profile(workdir)
-    broken = workdir / "fasta" / "broken.fasta"
-    broken.write_text(">a\nMKV\n>b\nMK7V\n")
-
-    result = run_on_slurm(workdir, slurm_conf)
-    assert result.returncode == 2, result.stderr[-3000:]
-    # the job's own error line went to SLURM's log; the view prints it from the progress
-    # files, and leaves out the plugin's line per submitted job
-    assert "seqembed: InputError: fasta/broken.fasta: line 4" in result.stderr
-    assert "has been submitted with SLURM jobid" not in result.stderr
-    assert_embeddings_correct(workdir, tiny_model, NAMES)
-    jobs = {}
-    for name in NAMES:
-        done = record(workdir, name)
-        # each file ran in its own SLURM job, on a GPU SLURM granted that job and no other
-        assert done["slurm_job_id"], done
-        assert done["device"] == f"cuda:{done['slurm_gpus']}", done
-        jobs[name] = done["slurm_job_id"]
-    assert len(set(jobs.values())) == len(NAMES)
-    assert failed_lines(workdir) == [
-        "fasta/broken.fasta|InputError|fasta/broken.fasta: line 4: record 'b' has characters "
-        "outside the alphabet: '7'"
-    ]
-    assert record(workdir, "broken")["slurm_job_id"]
-
-    # the fix, and the same command again: only the failed file is redone, on SLURM
-    before = mtimes(workdir)
-    broken.write_text(">a\nMKV\n>b\nMKSV\n")
-    rerun = run_on_slurm(workdir, slurm_conf)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    after = mtimes(workdir)
-    assert {name for name in after if after[name] != before.get(name)} == {"broken"}
-    assert failed_lines(workdir) == []
-    redone = record(workdir, "broken")
-    assert redone["slurm_job_id"] not in jobs.values()
-    assert redone["device"] == f"cuda:{redone['slurm_gpus']}"
-
-
-def test_packed_submissions_share_one_worker_and_a_bad_file_fails_alone(
-    tmp_path, tiny_model, slurm_conf
-):
+    """One run with submissions packed two files each (one SLURM job, one worker, one GPU),
+    a bad file among them; then the fix and the command a user types again, unpacked: only
+    the failed file is redone, in a SLURM job of its own. (One test, not two: each run on
+    this cluster costs the executor plugin's status checks, 1 s and then 10 s more each
+    time no job has finished.)"""
     workdir = make_workdir(tmp_path / "run", tiny_model, device="cuda")
     user_profile(workdir)
     broken = workdir / "fasta" / "broken.fasta"
@@ -146,15 +108,22 @@ def test_packed_submissions_share_one_worker_and_a_bad_file_fails_alone(
     # the group that holds the bad file fails (Snakemake then removes the outputs of all its
     # files and runs it again, up to three times): only the bad file is a failure
     assert result.returncode == 2, result.stderr[-3000:]
+    # the job's own error line went to SLURM's log; the view prints it from the progress
+    # files, and leaves out the plugin's line per submitted job
+    assert "seqembed: InputError: fasta/broken.fasta: line 4" in result.stderr
+    assert "has been submitted with SLURM jobid" not in result.stderr
     assert failed_lines(workdir) == [
         "fasta/broken.fasta|InputError|fasta/broken.fasta: line 4: record 'b' has characters "
         "outside the alphabet: '7'"
     ]
+    first_try = record(workdir, "broken")["slurm_job_id"]
+    assert first_try
     assert_embeddings_correct(workdir, tiny_model, NAMES)
     submissions: dict[str, list[dict]] = {}
     for name in NAMES:
         done = record(workdir, name)
         assert done["status"] == "done"
+        # on a GPU SLURM granted that job and no other
         assert done["device"] == f"cuda:{done['slurm_gpus']}", done
         submissions.setdefault(done["slurm_job_id"], []).append(done)
     assert sorted(len(files) for files in submissions.values()) in ([1, 1, 2], [2, 2])
@@ -170,6 +139,18 @@ def test_packed_submissions_share_one_worker_and_a_bad_file_fails_alone(
         ).stdout
         # the files one after the other, on one GPU; the time limit covers them
         assert "TresPerJob=gres:gpu:1\n" in shown, shown
+
+    # the fix, and the same command again, as the README's: only the failed file is redone
+    before = mtimes(workdir)
+    broken.write_text(">a\nMKV\n>b\nMKSV\n")
+    rerun = run_on_slurm(workdir, slurm_conf)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = mtimes(workdir)
+    assert {name for name in after if after[name] != before.get(name)} == {"broken"}
+    assert failed_lines(workdir) == []
+    redone = record(workdir, "broken")
+    assert redone["slurm_job_id"] not in {first_try, *submissions}
+    assert redone["device"] == f"cuda:{redone['slurm_gpus']}"
 
 
 def test_an_abort_stops_the_submitting_snakemake(tmp_path, tiny_model, slurm_conf):
