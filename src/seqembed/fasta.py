@@ -26,6 +26,7 @@ class FastaStats:
     residues: int
     longest: int
     bytes: int
+    computed: int = 0  # residues the model computes (`cost` of each sequence), else residues
 
 
 @dataclass(frozen=True)
@@ -34,27 +35,42 @@ class FastaRecords:
     sequences: list[str]
 
 
-def fasta_stats(path: str | os.PathLike) -> FastaStats:
+def fasta_stats(path: str | os.PathLike, cost=None) -> FastaStats:
     """Count sequences and residues without building strings: the plan reads every input file
     in the Snakemake process, so this must stay cheap for thousands of files. Lenient on
     purpose: judging a file is the embed job's work, where a failure costs only that file (a
-    corrupt or unreadable file counts what could be read). `bytes` is the size on disk."""
-    sequences = residues = longest = current = 0
+    corrupt or unreadable file counts what could be read). `residues` counts raw letters;
+    `longest` the longest sequence as the jobs see it (a trailing stop dropped); `bytes` is
+    the size on disk;
+    `cost` (a sequence's length -> residues computed, long sequences' windows) gives
+    `computed`."""
+    sequences = residues = longest = current = computed = 0
+    stop = False  # the sequence so far ends in a `*`: the jobs drop a trailing one
     try:
         for line in lines(path):
             if line.startswith(BOM):
                 line = line[len(BOM) :]
             if line.startswith(b">"):
-                longest = max(longest, current)
+                longest = max(longest, current - stop)
+                if sequences and cost:
+                    computed += cost(current - stop)
                 sequences += 1
-                current = 0
-            else:
-                length = len(line.strip())
-                current += length
-                residues += length
+                current, stop = 0, False
+            elif stripped := line.strip():
+                current += len(stripped)
+                residues += len(stripped)
+                stop = stripped.endswith(b"*")
     except (OSError, CorruptInput):
         pass
-    return FastaStats(sequences, residues, max(longest, current), os.path.getsize(path))
+    if sequences and cost:
+        computed += cost(current - stop)
+    return FastaStats(
+        sequences,
+        residues,
+        max(longest, current - stop),
+        os.path.getsize(path),
+        computed if cost else residues,
+    )
 
 
 def _header_text(raw: bytes) -> str:

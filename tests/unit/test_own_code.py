@@ -61,3 +61,24 @@ def test_what_each_cannot_do_is_refused_before_the_run(tmp_path):
     settings["layers"] = [4]
     with pytest.raises(PreflightError, match="layers"):
         check_hf_model(validate_config(settings, schema))
+
+
+def test_a_protein_tokenizer_without_an_end_token_is_refused_before_the_run(tmp_path, hf_esm):
+    """Read residue by residue, a protein model needs BOS, EOS and padding tokens; without
+    them every job would fail alike."""
+    import json
+    import shutil
+
+    from conftest import REPO
+
+    from seqembed.run.config import validate_config
+    from seqembed.run.preflight import PreflightError, check_hf_model
+
+    folder = tmp_path / "no-eos"
+    shutil.copytree(hf_esm, folder)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "eos_token": None}))
+    (folder / "special_tokens_map.json").unlink(missing_ok=True)
+    config = validate_config({"model": str(folder)}, REPO / "workflow/schemas/config.schema.yaml")
+    with pytest.raises(PreflightError, match="its tokenizer has no beginning, end or padding"):
+        check_hf_model(config)

@@ -62,6 +62,12 @@ def test_view_lines_from_recorded_progress(tmp_path):
     assert later.queued == 2 and view.header_line(later).endswith(" · 2 queued")
 
 
+def test_a_file_with_long_sequences_in_windows_says_how_many_windows():
+    # its bar counts sequences: a long one is done with its last window
+    line = view.device_line("cuda:0", {"name": "long", "total": 12, "done": 3, "windows": 16})
+    assert "long (16 windows)" in line and "3 / 12" in line and len(line) <= 100
+
+
 def test_jobs_on_other_hosts_get_lanes_and_dead_local_jobs_none(tmp_path):
     state = tmp_path / "run"
     JobProgress(state, "remote", total=10, host="node07").update(status="running", device="cuda:0")

@@ -116,6 +116,8 @@ def test_only_what_is_included(tmp_path, backend, sequences):
         "ids",
         "model",
         "truncation",
+        "long_sequences",
+        "window_overlap",
         "bos_representations",
     }
     stats = embed_file(backend, request(tmp_path, sequences, include=["mean"], output_format="h5"))

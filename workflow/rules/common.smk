@@ -1,9 +1,11 @@
+import functools
 import os
 import re
 
 from seqembed.compute.backends import resolve_precision
 from seqembed.devices import gpu_pool
 from seqembed.run.config import output_settings
+from seqembed.run.long_sequences import long_sequence_param
 from seqembed.shards import labels, section, shard_counts, shard_regex
 
 ENV = "../../envs/seqembed.yaml"
@@ -20,6 +22,27 @@ PRECISION = resolve_precision(config["precision"], "cuda" if ON_GPU else "cpu")
 # exactly the settings that change the outputs: editing one reruns every file (they are the
 # embed rule's params); gpus, toks_per_batch, worker and verbosity never make a file stale
 OUTPUT_SETTINGS = output_settings(config, PRECISION)
+
+
+def long_sequences(wildcards):
+    """long_sequences and window_overlap make stale only the files holding a sequence longer
+    than the truncation (seqembed.run.long_sequences)."""
+    return long_sequences_of(wildcards.name)
+
+
+@functools.cache
+def long_sequences_of(name):
+    """Once per file while the workflow is read: its shards and its gather ask too."""
+    return long_sequence_param(config, FILES[name], LAYOUT.record(name))
+
+
+def gather_settings(wildcards):
+    """The gather's settings: OUTPUT_SETTINGS, and long_sequences where it changes the
+    numbers (a truncation value means it does not)."""
+    value = long_sequences(wildcards)
+    if value == config["truncation"]:
+        return OUTPUT_SETTINGS
+    return {**OUTPUT_SETTINGS, "long_sequences": value}
 
 
 def embed_threads(wildcards):

@@ -19,6 +19,7 @@ rule gather:
     params:
         fasta=lambda wildcards: FILES[wildcards.name],
         labels=lambda wildcards: labels(SHARDS[wildcards.name]),
-        settings=OUTPUT_SETTINGS,
+        # one dict: long_sequences enters it only where it changes the numbers
+        settings=lambda wildcards: gather_settings(wildcards),
     script:
         "../../scripts/gather.py"

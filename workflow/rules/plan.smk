@@ -20,5 +20,7 @@ rule plan:
         model=config["model"],
         # shards are placed one by one, as the scheduler places them
         shards=SHARDS,
+        # long sequences' windows count what they compute
+        windows=[config["long_sequences"], config["window_overlap"], config["truncation"]],
     script:
         "../../scripts/plan.py"

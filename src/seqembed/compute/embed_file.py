@@ -12,7 +12,7 @@ from seqembed import runstate
 from seqembed.compute.batch_loop import embed_all
 from seqembed.compute.batching import CPU_TOKS_PER_BATCH, fixed_budget, memory_budget
 from seqembed.compute.hf_models import DNA_ALPHABET
-from seqembed.compute.writers import open_writer
+from seqembed.compute.writers import open_writer, windowed
 from seqembed.errors import Aborted
 from seqembed.fasta import FastaRecords
 
@@ -80,6 +80,9 @@ def embed_file(
         "precision": precision,
         "source": request.get("source", request["name"]),
         "molecule": "dna" if backend.alphabet == DNA_ALPHABET else "protein",
+        # the window is the truncation: sequences longer than it are cut, or in windows
+        "long_sequences": request.get("long_sequences", "truncate"),
+        "window_overlap": request.get("window_overlap", 0),
     }
     include = request.get("include", ["mean"])
     writer = open_writer(request, layers, backend.embed_dim, meta)  # cleans up after itself
@@ -114,6 +117,7 @@ def embed_file(
             include=include,
             residues=writer.residues,
             residue_dtype=writer.residue_dtype,
+            windows=(request["truncation"], meta["window_overlap"]) if windowed(request) else None,
         )
         compute_seconds = time.time() - started
         temporary = writer.finish(result.pooled)
@@ -129,6 +133,7 @@ def embed_file(
         "real_tokens": result.real_tokens,
         "computed_tokens": result.computed_tokens,
         "batches": result.batches,
+        "windows": result.windows,
         "oom_backoffs": result.oom_backoffs,
         "compute_seconds": compute_seconds,
     }

@@ -105,7 +105,7 @@ def load_model(settings: dict):
 def verdict_of(error: BaseException) -> tuple[Verdict, BaseException]:
     """The verdict on a failure in the worker, with torch's errors named for what they mean:
     out of memory, or a device left unusable."""
-    from seqembed.compute.batch_loop import device_failure, is_out_of_memory
+    from seqembed.compute.device_errors import device_failure, is_out_of_memory
 
     if not isinstance(error, SeqembedError):
         if is_out_of_memory(error):

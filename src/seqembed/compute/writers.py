@@ -9,6 +9,7 @@ Both take the same calls from the batch loop: `residues` for each batch's per-re
 from __future__ import annotations
 
 import itertools
+import sys
 from pathlib import Path
 
 import torch
@@ -23,6 +24,11 @@ from seqembed.output import flush_to_disk, output_error, temporary_path, write_t
 PT_RESIDUE_LIMIT_BYTES = 4 << 30
 
 DTYPES = {False: torch.float32, True: torch.float16}
+
+
+def windowed(request: dict) -> bool:
+    """Long sequences computed whole in windows (seqembed.compute.windows), not cut."""
+    return request.get("long_sequences", "truncate") == "windows"
 
 
 def _size(count: int) -> str:
@@ -49,8 +55,10 @@ class OutputWriter:
         self.layers = layers
         self.embed_dim = embed_dim
         self.meta = meta
-        truncation = request["truncation"]
-        self.lengths = [min(len(sequence), truncation) for sequence in request["sequences"]]
+        # the rows a sequence gets: its residues cut at the truncation, or all of them when
+        # long sequences are computed in windows
+        cut = sys.maxsize if windowed(request) else request["truncation"]
+        self.lengths = [min(len(sequence), cut) for sequence in request["sequences"]]
         self.residue_dtype = DTYPES["per_tok" in self.half]
         self.temporary: Path | None = None
 
@@ -103,6 +111,8 @@ class PtWriter(OutputWriter):
             "ids": list(self.ids),
             "model": self.meta["model"],
             "truncation": self.meta["truncation"],
+            "long_sequences": self.meta.get("long_sequences", "truncate"),
+            "window_overlap": self.meta.get("window_overlap", 0),
         }
         names = {"mean": "mean_representations", "bos": "bos_representations"}
         for kind, by_layer in pooled.items():

@@ -107,11 +107,31 @@ def waiting_news(job: EmbedJob, holders: dict[str, dict]) -> None:
         say(job.config, news_level(), f"{job.name}: waiting for a free device")
 
 
+def long_sequence_counts(lengths: list[int], config: dict) -> dict:
+    """Sequences longer than the window (the truncation): cut, or embedded whole in windows
+    (the worker's figures add `windows`, the windows computed)."""
+    long = sum(n > config["truncation"] for n in lengths)
+    if config["long_sequences"] == "windows":
+        return {"truncated_sequences": 0, "windowed_sequences": long}
+    return {"truncated_sequences": long, "windowed_sequences": 0}
+
+
+def planned_windows(lengths: list[int], config: dict) -> int:
+    """The windows the file's long sequences take (duplicates counted), for the live view."""
+    if config["long_sequences"] != "windows":
+        return 0
+    from seqembed.compute.windows import window_count
+
+    width, overlap = config["truncation"], config["window_overlap"]
+    return sum(window_count(n, width, overlap) for n in lengths if n > width)
+
+
 def empty_shard(output: str) -> dict:
     """What compute() returns, for a shard without records (past the first)."""
     from seqembed.compute.gather import write_empty_shard
 
     figures = ("unique_sequences", "real_tokens", "computed_tokens", "batches", "oom_backoffs")
+    figures += ("windows",)
     return {
         "temporary": str(write_empty_shard(output)),
         **dict.fromkeys(figures, 0),
@@ -197,7 +217,12 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
         # the crash
         write_record(job.record, job.state_dir, {**base, "status": "running"})
         if lengths:  # an empty file occupies no device
-            progress.update(status="running", device=base["device"], lane=base["lane"])
+            progress.update(
+                status="running",
+                device=base["device"],
+                lane=base["lane"],
+                windows=planned_windows(lengths, config),
+            )
 
         def on_event(event: dict) -> None:
             if event["event"] == "progress":
@@ -216,6 +241,8 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
             "layers": config["layers"],
             "toks_per_batch": config["toks_per_batch"],
             "truncation": config["truncation"],
+            "long_sequences": config["long_sequences"],
+            "window_overlap": config["window_overlap"],
             "output_layout": config["output_layout"],
             "include": config["include"],
             "output_format": config["output_format"],
@@ -252,7 +279,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
         "status": "done",
         "sequences": len(lengths),
         "residues": sum(lengths),
-        "truncated_sequences": sum(n > config["truncation"] for n in lengths),
+        **long_sequence_counts(lengths, config),
         "duplicate_ids": len(records.ids) - len(set(records.ids)),
         "finished": finished,
         # interpreter, imports and Snakemake's script preamble, before this function ran

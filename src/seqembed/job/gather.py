@@ -28,7 +28,7 @@ from seqembed.output import commit, output_error, stale_temporaries
 from seqembed.shards import shard_job_name
 
 #: figures of the file that are the sums of its shards'
-SUMMED = ("residues", "truncated_sequences")
+SUMMED = ("residues", "truncated_sequences", "windowed_sequences", "windows")
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,13 @@ def keep_receipt(state_dir: str, name: str, output: str) -> None:
         pass  # no hard links here (some FUSE mounts): a removed file is then computed again
 
 
+def _run_wide(settings: dict | None) -> dict:
+    """The settings without `long_sequences`, which each file's job derives from the others
+    and the file itself (seqembed.run.long_sequences): within one run, where outputs are put
+    back, it follows from them; the failure handler knows only the run's settings."""
+    return {key: value for key, value in (settings or {}).items() if key != "long_sequences"}
+
+
 def restore(record: dict | None, state_dir: str, settings: dict) -> bool:
     """Put back the embedding of a `done` record that Snakemake removed, when the input and the
     settings are those it was made with; True when the file is there afterwards."""
@@ -76,7 +83,7 @@ def restore(record: dict | None, state_dir: str, settings: dict) -> bool:
     receipt = receipt_path(state_dir, record["name"])
     if (
         record.get("input") != input_stamp(record["file"])
-        or record.get("settings") != settings
+        or _run_wide(record.get("settings")) != _run_wide(settings)
         or not receipt.is_file()
     ):
         return False

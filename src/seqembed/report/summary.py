@@ -141,6 +141,9 @@ def summarize(
         "sequences": sequences,
         "residues": residues,
         "truncated_sequences": sum(r["truncated_sequences"] for r in work),
+        # long sequences embedded whole in windows, and the windows computed for them
+        "windowed_sequences": sum(r.get("windowed_sequences", 0) for r in work),
+        "windows": sum(r.get("windows", 0) for r in work),
         "wall_seconds": wall,
         **_rates(sequences, residues, wall),
         "busy_seconds": busy,
@@ -234,10 +237,14 @@ def render_table(summary: dict) -> str:
         f"({_share(summary['setup_share'])} of device time); models loaded "
         f"{summary['models_loaded']}; device utilisation {_share(summary['utilisation'])}"
     )
-    lines.append(
-        f"padding efficiency {'-' if padding is None else f'{padding:.1%}'}; truncated "
-        f"sequences {summary['truncated_sequences']}"
-    )
+    truncated = summary["truncated_sequences"]
+    long = f"truncated sequences {truncated}" + (" (long_sequences: truncate)" if truncated else "")
+    if summary.get("windowed_sequences"):
+        long = (
+            f"sequences embedded whole in windows {summary['windowed_sequences']} "
+            f"({summary['windows']} windows); {long}"
+        )
+    lines.append(f"padding efficiency {'-' if padding is None else f'{padding:.1%}'}; {long}")
     if files["missing"]:
         lines.append(
             f"{files['missing']} file(s) with an embedding but no record, counted neither done "

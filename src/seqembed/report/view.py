@@ -134,7 +134,10 @@ def device_line(label: str, job: dict | None, width: int = 100) -> str:
     done = min(job.get("done", 0), total)
     fraction = done / total if total else 0.0
     name_width = max(8, width - 2 - 13 - BAR_WIDTH - 30)
-    name = job["name"] if len(job["name"]) <= name_width else job["name"][: name_width - 1] + "…"
+    name = job["name"]
+    if job.get("windows"):  # long sequences in windows: a sequence is done with its last
+        name = f"{name} ({job['windows']:,} windows)"
+    name = name if len(name) <= name_width else name[: name_width - 1] + "…"
     return (
         f"  {label:<12} {name:<{name_width}} {_bar(fraction)} "
         f"{done:>9,} / {total:<9,} {fraction:>4.0%}"

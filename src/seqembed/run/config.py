@@ -99,6 +99,7 @@ def validate_config(config: dict, schema_path: str | os.PathLike) -> dict:
             f"{SMALLEST:,}; sizes are bytes, e.g. 200M)"
         )
     _check_virnucpro(checked)
+    _check_windows(checked)
     unasked = sorted(set(checked["store_float16"]) - set(checked["include"]))
     if unasked:
         raise ConfigError(
@@ -106,6 +107,23 @@ def validate_config(config: dict, schema_path: str | os.PathLike) -> dict:
             f"({', '.join(checked['include'])})"
         )
     return checked
+
+
+def _check_windows(checked: dict) -> None:
+    """Windows of `truncation` residues that overlap by less than half of one (so that no
+    residue lies in three windows of the regular steps), over the residues only."""
+    if checked["long_sequences"] != "windows":
+        return
+    if 2 * checked["window_overlap"] >= checked["truncation"]:
+        raise ConfigError(
+            f"config key 'window_overlap': {checked['window_overlap']} residues is not less "
+            f"than half the window (truncation {checked['truncation']})"
+        )
+    if checked["pooling"] == "all_tokens":
+        raise ConfigError(
+            "config key 'pooling': all_tokens averages BOS and EOS in, which a sequence "
+            "stitched from windows does not have; use residues with long_sequences windows"
+        )
 
 
 def _check_virnucpro(checked: dict) -> None:

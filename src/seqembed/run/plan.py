@@ -37,20 +37,29 @@ def make_plan(
     pool: list[str],
     count_tokens: Callable[[str], int] | None = None,
     shards: Mapping[str, int] | None = None,
+    windows: tuple[int, int] | None = None,
 ) -> tuple[list[dict], dict]:
     """Per file statistics plus a balanced assignment by residues (work grows with residues;
     the file size in bytes would also count header text), or by tokens where a nucleotide
     model's tokenizer packs several letters into one (`count_tokens`, seqembed.run.tokens).
     A sharded file (`shards`: name -> count) is placed shard by shard, as the scheduler
     places its jobs, each shard carrying an equal share of its file's load; its row lists
-    one device per shard."""
+    one device per shard. With `windows` (width, overlap: long sequences in windows) a long
+    sequence counts its windows' residues, overlaps included."""
     # imported here: every embed job imports this module for planned_device() alone
     from seqembed.run.assign import assign
 
     shards = shards or {}
-    stats = {name: fasta_stats(path) for name, path in files.items()}
+    cost = None
+    if windows:
+        from seqembed.compute.windows import computed_residues
+
+        def cost(length: int) -> int:
+            return computed_residues(length, *windows)
+
+    stats = {name: fasta_stats(path, cost) for name, path in files.items()}
     tokens = {name: count_tokens(path) for name, path in files.items()} if count_tokens else {}
-    loads = tokens or {name: s.residues for name, s in stats.items()}
+    loads = tokens or {name: s.computed for name, s in stats.items()}
     jobs = {name: job_names(name, shards.get(name, 1)) for name in files}
     # what the scheduler places: whole files, and shards with an equal share of their file's
     units = {
@@ -96,6 +105,13 @@ def make_plan(
 #: the plan's one lane when the jobs run on cluster nodes: each uses what its allocation was
 #: granted, so no device can be planned from the submitting host
 GRANTED = "granted"
+
+
+def plan_windows(config: dict) -> tuple[int, int] | None:
+    """(width, overlap) when long sequences are computed in windows, for make_plan."""
+    if config["long_sequences"] != "windows":
+        return None
+    return config["truncation"], config["window_overlap"]
 
 
 def plan_pool(config: dict) -> list[str]:

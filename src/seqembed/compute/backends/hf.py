@@ -47,6 +47,20 @@ from seqembed.errors import ReadError
 TOKENIZE_CHUNK = 1024
 
 
+def protein_special_ids(tokenizer, name: str) -> tuple[int, int, int]:
+    """BOS, EOS and padding of a protein model read residue by residue: ESM's <cls>, <eos>,
+    <pad>; a BERT-style tokenizer's [CLS], [SEP], [PAD]. A ModelError if one is missing."""
+    bos = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    pad = tokenizer.pad_token_id
+    if None in (bos, eos, pad):
+        raise ModelError(
+            f"{name}: its tokenizer has no beginning, end or padding token (cls {bos}, eos "
+            f"{eos}, pad {pad}): seqembed reads a protein model residue by residue between them"
+        )
+    return bos, eos, pad
+
+
 def load_network(model: str, model_cache, dtype, trust_remote_code: bool):
     """Tokenizer and network from the local folder, offline; every loader failure is one
     ModelError line naming the model (an OS error reading the files is a ReadError)."""
@@ -133,7 +147,7 @@ class HfBackend:
             self.extra_tokens = 2
             vocabulary = tokenizer.get_vocab()
             self._token_of = letter_table(vocabulary.get, tokenizer.unk_token_id)
-            self.special = (tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+            self.special = protein_special_ids(tokenizer, name)
         else:
             # the special tokens the tokenizer adds to every sequence ([CLS], [SEP])
             self.extra_tokens = len(tokenizer("", add_special_tokens=True)["input_ids"])

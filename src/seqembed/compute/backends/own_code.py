@@ -214,30 +214,34 @@ def load_own_code(folder: Path, dtype):
     """The network of a model folder with its own code, built on the CPU in float32, its
     parameters then cast to `dtype`; and the tokenizer its code makes, if it makes one (ESM++
     builds its own, as its README uses it), else None."""
-    from transformers import PreTrainedTokenizerBase
-
     config = own_config(folder)
     with as_transformers4_built_it():
         model_class = own_model_class(folder, config)  # its import needs the names too
         model = model_class.from_pretrained(
             folder, config=config, dtype=torch.float32, local_files_only=True
         )
+    return _ready(model, dtype), _own_tokenizer(model)
+
+
+def _own_tokenizer(model):
+    """The tokenizer the model's code makes (ESM++'s model.tokenizer), or None."""
+    from transformers import PreTrainedTokenizerBase
+
     tokenizer = getattr(model, "tokenizer", None)
-    if not isinstance(tokenizer, PreTrainedTokenizerBase):
-        tokenizer = None
-    return _ready(model, dtype), tokenizer
+    return tokenizer if isinstance(tokenizer, PreTrainedTokenizerBase) else None
 
 
 def build_without_weights(folder: Path):
     """The network built from its config as load_own_code builds it, without reading weights
-    (the pre-flight: a model whose code cannot be built stops the run once, not in every job)."""
+    (the pre-flight: a model whose code cannot be built stops the run once, not in every job),
+    and the tokenizer its code makes, if any."""
     from transformers.initialization import no_init_weights
 
     config = own_config(folder)
     with as_transformers4_built_it(), no_init_weights():
         model_class = own_model_class(folder, config)
         model = model_class._from_config(config, dtype=torch.float32)
-    return _ready(model, torch.float32)
+    return _ready(model, torch.float32), _own_tokenizer(model)
 
 
 def autocast_for(device: torch.device, dtype):
