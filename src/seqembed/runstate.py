@@ -16,6 +16,11 @@ The events live in one log file whose space is reserved when the run starts: whe
 disk fills up, failures are still counted, the abort is still declared, and the summary still
 learns why files failed whose records could not be written. The Snakefile's onstart handler
 clears this folder, so every run starts afresh.
+
+No job reads the run's history: where the log ends, the current streak and the abort live in
+one small state file of fixed size, reserved with the log and rewritten in place under the
+log's lock, so that counting an outcome and asking whether the run was aborted cost the same
+at the 10th file and the 50,000th. The summary reads the log once, at the end.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ from seqembed.output import write_json
 ABORT_AFTER = 3
 EVENTS = "events.log"
 STARTED = "started.json"
+#: where the log ends, the streak of runtime failures, and the abort reason (JSON, padded)
+STATE = "state"
+STATE_BYTES = 8192
+#: characters of a failure's message kept in the streak (the abort reason names them)
+STREAK_MESSAGE = 500
 #: reserved when a run starts: about 3,000 failures, long after an abort
 RESERVED_BYTES = 1 << 20
 
@@ -44,8 +54,18 @@ def reset(state_dir: str | Path, scheduler_pid: int | None = None) -> None:
     """A new run: forget the last one's events, note when this one started (throughput
     figures cover the files computed since) and which process schedules it."""
     shutil.rmtree(state_dir, ignore_errors=True)
-    started = {"started": time.time(), "host": socket.gethostname(), "pid": scheduler_pid}
+    _aborted.pop(str(Path(state_dir) / STATE), None)
+    started = {
+        "started": time.time(),
+        "host": socket.gethostname(),
+        "pid": scheduler_pid,
+    }
     write_json(Path(state_dir) / STARTED, started)
+    fd = os.open(Path(state_dir) / STATE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        _write_state(fd, {"end": 0, "streak": [], "abort": None})
+    finally:
+        os.close(fd)
     fd = os.open(Path(state_dir) / EVENTS, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         # as much as the disk gives, down to a few dozen events
@@ -83,29 +103,84 @@ def events(state_dir: str | Path) -> list[dict]:
         return []
 
 
-_abort_cache: dict[str, tuple[tuple, str | None]] = {}
+def _write_state(fd: int, state: dict) -> None:
+    """In place, over the whole reserved size: no new block is needed on a full disk."""
+    blob = json.dumps(state).encode()
+    os.pwrite(fd, blob + b"\0" * max(0, STATE_BYTES - len(blob)), 0)
+
+
+def _read_state(fd: int) -> dict | None:
+    """The state as the last writer left it; None if there is none (or it cannot be read:
+    a writer's crash mid-write), and then the log says it."""
+    try:
+        return json.loads(os.pread(fd, STATE_BYTES, 0).split(b"\0", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def _state_from_log(data: bytes) -> dict:
+    """The state rebuilt from the log itself: for a state file that is missing or torn."""
+    state: dict = {"end": len(data.split(b"\0", 1)[0]), "streak": [], "abort": None}
+    for event in _parse(data):
+        if event.get("kind") == "abort":
+            state["abort"] = state["abort"] or event["reason"]
+        elif event.get("kind") == "outcome":
+            _count(state, event)
+    return state
+
+
+def _count(state: dict, event: dict) -> None:
+    """One finished attempt into the streak: a success ends it; a failure that counts puts its
+    input file last (the retries of one bad file, and the failing shards of one file, are one
+    failure); a failure that does not count (bad input, an abort) leaves it as it is."""
+    if event["error_type"] is None:
+        state["streak"] = []
+    elif event.get("counts", True):
+        streak = [entry for entry in state["streak"] if entry["file"] != event["file"]]
+        message = str(event.get("message", ""))[:STREAK_MESSAGE]
+        streak.append(
+            {
+                "file": event["file"],
+                "error_type": event["error_type"],
+                "message": message,
+            }
+        )
+        state["streak"] = streak[-ABORT_AFTER:]
 
 
 def abort_reason(state_dir: str | Path) -> str | None:
-    """Why the run was aborted, or None. Cheap enough to ask between batches: the log is
-    read again only when it changed."""
-    path = Path(state_dir) / EVENTS
+    """Why the run was aborted, or None: one read of the small state file, whatever the
+    run's length (a timestamp cannot tell two writes within the filesystem's clock tick
+    apart, so nothing is cached but the abort, which is never taken back)."""
+    path = Path(state_dir) / STATE
+    if str(path) in _aborted:
+        return _aborted[str(path)]
     try:
-        stat = path.stat()
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
-    stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    cached = _abort_cache.get(str(path))
-    if cached and cached[0] == stamp:
-        return cached[1]
-    reason = next((e["reason"] for e in events(state_dir) if e.get("kind") == "abort"), None)
-    _abort_cache[str(path)] = (stamp, reason)
+    try:
+        state = _read_state(fd)
+    finally:
+        os.close(fd)
+    if state is None:  # mid-write, or written by no one: the log says it
+        reason = next((e["reason"] for e in events(state_dir) if e.get("kind") == "abort"), None)
+    else:
+        reason = state.get("abort")
+    if reason:
+        _aborted[str(path)] = reason
     return reason
 
 
-def _append(fd: int, data: bytes, event: dict) -> None:
-    end = data.find(b"\0")
-    os.pwrite(fd, (json.dumps(event) + "\n").encode(), len(data) if end < 0 else end)
+#: state file -> its run's abort reason, once seen
+_aborted: dict[str, str] = {}
+
+
+def _append(fd: int, end: int, event: dict) -> int:
+    """The event written where the log ends (into the reserved space); the new end."""
+    line = (json.dumps(event) + "\n").encode()
+    os.pwrite(fd, line, end)
+    return end + len(line)
 
 
 def record_outcome(
@@ -129,32 +204,28 @@ def record_outcome(
     event.update(message=message, counts=counts, time=time.time(), **details)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        # one writer at a time, and the streak is judged on the log as this writer left it
+        # one writer at a time: the state is judged as the last writer left it
         fcntl.flock(fd, fcntl.LOCK_EX)
-        data = os.pread(fd, max(os.fstat(fd).st_size, 1), 0)
-        _append(fd, data, event)
-        past = [*_parse(data), event]
-        if error_type is None or not counts or any(e.get("kind") == "abort" for e in past):
-            return None
-        # failures of distinct input files since the last success: the retries of one bad
-        # file are one failure, not a streak, and so are the failing shards of one file
-        streak, files = [], set()
-        for earlier in reversed([e for e in past if e.get("kind") == "outcome"]):
-            if earlier["error_type"] is None:
-                break
-            if earlier.get("counts", True) and earlier["file"] not in files:
-                files.add(earlier["file"])
-                streak.append(earlier)
-        if len(streak) < ABORT_AFTER:
-            return None
-        named = "; ".join(
-            f"{e['file']} ({e['error_type']}: {e['message']})"
-            for e in reversed(streak[:ABORT_AFTER])
-        )
-        reason = f"run aborted after {ABORT_AFTER} runtime failures in a row: {named}"
-        data = os.pread(fd, os.fstat(fd).st_size, 0)
-        _append(fd, data, {"kind": "abort", "reason": reason, "time": time.time()})
-        return reason
+        state_fd = os.open(Path(state_dir) / STATE, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            state = _read_state(state_fd)
+            if state is None:
+                state = _state_from_log(os.pread(fd, max(os.fstat(fd).st_size, 1), 0))
+            state["end"] = _append(fd, state["end"], event)
+            _count(state, event)
+            reason = None
+            if error_type and counts and not state["abort"] and len(state["streak"]) >= ABORT_AFTER:
+                named = "; ".join(
+                    f"{e['file']} ({e['error_type']}: {e['message']})" for e in state["streak"]
+                )
+                reason = f"run aborted after {ABORT_AFTER} runtime failures in a row: {named}"
+                abort = {"kind": "abort", "reason": reason, "time": time.time()}
+                state["end"] = _append(fd, state["end"], abort)
+                state["abort"] = reason
+            _write_state(state_fd, state)
+            return reason
+        finally:
+            os.close(state_fd)
     finally:
         os.close(fd)
 

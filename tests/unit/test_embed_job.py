@@ -177,3 +177,23 @@ def test_a_retry_after_a_done_attempt_restores_it_or_computes_again(tmp_path, ti
     assert torch.load(job.output)["ids"] == ["a"]
     # none of this counted as a failure
     assert runstate.last_failures(job.state_dir) == {}
+
+
+def test_a_process_start_is_dated_to_the_clock_tick_not_the_second():
+    """psutil dates a process from the boot time rounded to whole seconds: up to a second
+    before it was even started. A child can start no earlier than its parent asked for it
+    (less a tick of 10 ms), and no later than its first line runs."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import time; first = time.time()\n"
+        "from seqembed.job.embed import process_started\n"
+        "print(first, process_started())"
+    )
+    for _ in range(3):
+        asked = time.time()
+        output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        first, started = map(float, output.stdout.split())
+        assert asked - 0.011 <= started <= first
