@@ -21,6 +21,10 @@ rule plan:
         # shards are placed one by one, as the scheduler places them
         shards=SHARDS,
         # long sequences' windows count what they compute
-        windows=[config["long_sequences"], config["window_overlap"], config["truncation"]],
+        windows=[
+            config["long_sequences"],
+            config["window_overlap"],
+            config["truncation"],
+        ],
     script:
         "../../scripts/plan.py"
