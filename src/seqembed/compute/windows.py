@@ -16,9 +16,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-#: long_sequences settings
-TRUNCATE, WINDOWS = "truncate", "windows"
-
 
 @dataclass(frozen=True)
 class Window:
