@@ -2,7 +2,8 @@ import _seqembed_path  # noqa: F401
 
 from seqembed.layout import RunLayout
 from seqembed.output import write_text
-from seqembed.report.summary import render_table, report_run
+from seqembed.report.summary import report_run
+from seqembed.report.table import render_table
 
 snakemake = snakemake  # noqa: F821 - provided by Snakemake
 summary = report_run(

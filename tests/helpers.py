@@ -55,6 +55,9 @@ def make_workdir(workdir: Path, model: Path | str, **config) -> Path:
         "device": "cpu",
         "cpu_slots": 2,
         "lock_dir": str(workdir / "locks"),
+        # what the tests compare with fair-esm's fp32 forward pass; `auto` is bf16 on a CPU
+        # with bf16 matrix units (tests/workflow/test_precision.py)
+        "precision": "fp32",
     }
     (workdir / "config.yaml").write_text(yaml.safe_dump({**settings, **config}))
     return workdir

@@ -4,7 +4,8 @@ from collections import Counter
 from pathlib import Path
 
 from seqembed.job.embed import planned_device
-from seqembed.report.summary import failed_lines, render_table, summarize
+from seqembed.report.summary import failed_lines, summarize
+from seqembed.report.table import render_table
 from seqembed.run.plan import make_plan, write_plan
 
 

@@ -38,7 +38,7 @@ def settings(model: Path, **changes) -> dict:
         "torch_device": "cpu",
         "model": str(model),
         "model_cache": None,
-        "precision": "auto",
+        "precision": "fp32",  # compared with fair-esm in fp32
         "truncation": 1022,
         "threads": 1,
         **changes,

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.workflow
 
 def write_config(workdir, **settings):
     base = {"device": "cpu", "cpu_slots": 2, "lock_dir": str(workdir / "locks")}
+    base["precision"] = "fp32"  # compared with fair-esm's and transformers' fp32
     (workdir / "config.yaml").write_text(yaml.safe_dump({**base, **settings}))
 
 

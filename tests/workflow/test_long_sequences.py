@@ -84,6 +84,7 @@ def configure(workdir, model, inputs_folder, **settings):
         "device": "cpu",
         "cpu_slots": 2,
         "lock_dir": str(workdir / "locks"),
+        "precision": "fp32",  # compared with fair-esm in fp32
         "layers": LAYERS,
         "include": ["mean", "per_tok", "bos"],
     }

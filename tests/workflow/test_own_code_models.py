@@ -31,6 +31,7 @@ def write_inputs(folder, sequences: dict[str, str]) -> None:
 
 def configure(workdir, model, **settings):
     base = {"input_dir": "inputs", "model": str(model), "device": "cpu", "cpu_slots": 1}
+    base["precision"] = "fp32"  # compared with the recipe in fp32
     base["lock_dir"] = str(workdir / "locks")
     (workdir / "config.yaml").write_text(yaml.safe_dump({**base, **settings}))
 

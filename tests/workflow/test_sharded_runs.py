@@ -71,6 +71,7 @@ def big_file(tmp_path, tiny_model):
         "device": "cpu",
         "cpu_slots": 2,
         "lock_dir": str(tmp_path / "locks"),
+        "precision": "fp32",  # compared with fair-esm in fp32
         # four shards of the one file
         "shard_size": plain.stat().st_size // 4 + 1,
     }

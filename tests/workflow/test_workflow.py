@@ -11,11 +11,12 @@ import shutil
 
 import pytest
 import torch
-from helpers import NAMES, jobs_to_run, make_workdir, mtimes, snakemake, summary_checked
+from helpers import NAMES, jobs_to_run, make_workdir, mtimes, record, snakemake, summary_checked
 from reference import reference_embeddings
 
 from seqembed.compute.backends.esm import PROTEIN_ALPHABET
 from seqembed.fasta import read_fasta
+from seqembed.precision import choose_precision
 from seqembed.report.outcomes import read_records
 from seqembed.report.summary import summarize
 
@@ -173,7 +174,7 @@ def test_adding_an_input_file_runs_only_that_file(run_copy):
 
 @pytest.mark.parametrize(
     "setting",
-    # precision fp32 is what auto means on the CPU
+    # precision fp32 is the tests' own setting (helpers.make_workdir)
     ["toks_per_batch=333", "verbosity=verbose", "gpus=[0,1]", "cpu_slots=1", "precision=fp32"],
 )
 def test_settings_that_cannot_change_numbers_rerun_nothing(run_copy, setting):
@@ -194,6 +195,26 @@ def test_settings_that_cannot_change_numbers_rerun_nothing(run_copy, setting):
 )
 def test_settings_that_change_numbers_rerun_every_file(run_copy, setting):
     assert jobs_to_run(run_copy, "--config", setting)["embed"] == NAMES
+
+
+def test_precision_auto_is_what_this_cpu_computes_fast_and_the_summary_says_why(run_copy):
+    """auto on the CPU: bf16 where it has AMX-BF16 or AVX512-BF16, else fp32 (the tests'
+    machines have AMX; a CI machine without it takes the other branch). The resolved value is
+    what makes outputs stale: the fp32 run is redone exactly when auto is not fp32, and an
+    explicit setting equal to it reruns nothing after."""
+    choice = choose_precision("auto", "cpu")
+    redone = jobs_to_run(run_copy, "--config", "precision=auto").get("embed", [])
+    assert redone == (NAMES if choice.precision != "fp32" else [])
+    result = snakemake(run_copy, "--config", "precision=auto")
+    assert result.returncode == 0, result.stderr
+    dtype = {"bf16": "bfloat16", "fp32": "float32"}[choice.precision]
+    summary = summary_checked(run_copy)
+    if redone:
+        assert summary["precision"] == {dtype: {"jobs": 4, "reason": choice.reason}}
+        assert f"precision {dtype} ({choice.reason})" in result.stdout + result.stderr
+        assert {record(run_copy, name)["precision"] for name in NAMES} == {dtype}
+    explicit = f"precision={choice.precision}"
+    assert "embed" not in jobs_to_run(run_copy, "--config", explicit)
 
 
 def test_changing_the_model_reruns_every_file(run_copy, tmp_path):

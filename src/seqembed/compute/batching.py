@@ -12,8 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 #: On the CPU larger batches only cost cache misses: with the demo model 1,024 tokens ran 1.6x
-#: faster than fair-esm's default of 4,096 (benchmarks/ has the figures).
+#: faster than fair-esm's default of 4,096 (docs/benchmarks.md has the figures).
 CPU_TOKS_PER_BATCH = 1024
+#: in bf16 (or fp16) on the CPU, 512: 1.28x the residues/s of 1,024 for ESM-2 35M's shape and
+#: 1.35x for 150M's (the activations of a batch stay in the caches; 256 is slower again)
+CPU_HALF_TOKS_PER_BATCH = 512
 #: share of the free device memory (after the model is loaded) that batches may use: the rest
 #: absorbs the allocator's fragmentation and the other process's allocations; the per-token
 #: cost is measured, not modelled, so no more margin is needed. An overestimate costs one

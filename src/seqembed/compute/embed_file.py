@@ -10,7 +10,12 @@ from pathlib import Path
 
 from seqembed import runstate
 from seqembed.compute.batch_loop import embed_all
-from seqembed.compute.batching import CPU_TOKS_PER_BATCH, fixed_budget, memory_budget
+from seqembed.compute.batching import (
+    CPU_HALF_TOKS_PER_BATCH,
+    CPU_TOKS_PER_BATCH,
+    fixed_budget,
+    memory_budget,
+)
 from seqembed.compute.hf_models import DNA_ALPHABET
 from seqembed.compute.writers import open_writer, windowed
 from seqembed.errors import Aborted
@@ -28,9 +33,11 @@ def batch_budget(toks_per_batch, backend, layers: list[int], fits: dict | None =
     files."""
     if toks_per_batch != "auto":
         return fixed_budget(int(toks_per_batch))
-    if backend.device.type != "cuda":
-        return fixed_budget(CPU_TOKS_PER_BATCH)
     import torch
+
+    if backend.device.type != "cuda":
+        full = backend.dtype == torch.float32
+        return fixed_budget(CPU_TOKS_PER_BATCH if full else CPU_HALF_TOKS_PER_BATCH)
 
     from seqembed.compute.memory import fit_memory
 
@@ -129,6 +136,7 @@ def embed_file(
         "model": backend.name,
         "layers": layers,
         "precision": precision,
+        "precision_reason": getattr(backend, "precision_reason", ""),
         "unique_sequences": result.unique_sequences,
         "real_tokens": result.real_tokens,
         "computed_tokens": result.computed_tokens,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from seqembed.compute.hf_models import DNA_ALPHABET, is_hf_model, is_protein_model
 from seqembed.errors import ModelError
+from seqembed.precision import choose_precision
 
 if TYPE_CHECKING:
     import torch
@@ -140,30 +141,25 @@ def resolve_layers(layers, num_layers: int, model: str) -> list[int]:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """auto: bf16 on a GPU (half the memory and the tensor cores, and fp32's range, so no
-    overflow in long sequences; the backend falls back to fp16 on GPUs older than Ampere),
-    fp32 on the CPU, where half precision is slow and buys nothing. An explicit choice is
-    honoured."""
-    if precision == "auto":
-        return "bf16" if device.startswith("cuda") else "fp32"
-    return precision
+    """fp32, fp16 or bf16 for `precision` on `device` (seqembed.precision)."""
+    return choose_precision(precision, device).precision
 
 
 def torch_dtype(precision: str, device: str):
-    """The dtype a backend computes in: resolve_precision's choice, with bf16 under `auto`
-    falling back to fp16 on GPUs without bf16 tensor cores (pre-Ampere: V100, T4)."""
+    """The dtype a backend computes in, and why: seqembed.precision's choice, with bf16
+    under `auto` falling back to fp16 on GPUs without bf16 tensor cores (pre-Ampere: V100,
+    T4)."""
     import torch
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-        resolve_precision(precision, device)
-    ]
+    choice = choose_precision(precision, device)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[choice.precision]
     if (
         precision == "auto"
-        and dtype == torch.bfloat16
+        and device.startswith("cuda")
         and not torch.cuda.is_bf16_supported(including_emulation=False)
     ):
-        dtype = torch.float16
-    return dtype
+        return torch.float16, "auto: a GPU without bf16 (before Ampere)"
+    return dtype, choice.reason
 
 
 def load_backend(

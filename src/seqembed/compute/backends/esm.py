@@ -149,6 +149,8 @@ def load_esm(
 class EsmBackend:
     alphabet = PROTEIN_ALPHABET
     extra_tokens = 2  # BOS + EOS
+    #: why the network runs in its dtype (seqembed.precision), for the records
+    precision_reason = ""
 
     def __init__(
         self, network, alphabet, name: str, device: str, dtype, truncation: int, pooling="auto"
@@ -178,10 +180,12 @@ class EsmBackend:
         model_cache: str | None = None,
         pooling: str = "auto",
     ) -> EsmBackend:
-        dtype = torch_dtype(precision, device)
+        dtype, reason = torch_dtype(precision, device)
         network, alphabet, name = load_esm(model, device, dtype, model_cache)
         use_fused_attention(network)
-        return cls(network, alphabet, name, device, dtype, truncation, pooling)
+        backend = cls(network, alphabet, name, device, dtype, truncation, pooling)
+        backend.precision_reason = reason
+        return backend
 
     def resolve_layers(self, layers) -> list[int]:
         return resolve_layers(layers, self.num_layers, self.name)

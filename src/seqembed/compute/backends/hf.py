@@ -108,6 +108,9 @@ def load_network(model: str, model_cache, dtype, trust_remote_code: bool):
 
 
 class HfBackend:
+    #: why the network runs in its dtype (seqembed.precision), for the records
+    precision_reason = ""
+
     def __init__(self, tokenizer, network, config: dict, name: str, device, dtype, **options):
         self.tokenizer = tokenizer
         self.network = network
@@ -165,13 +168,13 @@ class HfBackend:
         trust_remote_code: bool = False,
         pooling: str = "auto",
     ) -> HfBackend:
-        dtype = torch_dtype(precision, device)
+        dtype, reason = torch_dtype(precision, device)
         tokenizer, network, config, folder = load_network(
             model, model_cache, dtype, trust_remote_code
         )
         # a hub id names itself; a folder by its name
         name = folder.name if Path(model).expanduser().is_dir() else model
-        return cls(
+        backend = cls(
             tokenizer,
             network.eval().to(device),
             config,
@@ -182,6 +185,8 @@ class HfBackend:
             pooling=pooling,
             protein=is_protein_folder(folder, config),
         )
+        backend.precision_reason = reason
+        return backend
 
     def resolve_layers(self, layers) -> list[int]:
         layers = resolve_layers(layers, self.num_layers, self.name)
