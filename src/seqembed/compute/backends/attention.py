@@ -1,19 +1,22 @@
-"""fair-esm's self-attention through torch's fused scaled_dot_product_attention.
+"""fair-esm's ESM-2 layers with fewer passes over memory: self-attention through torch's fused
+scaled_dot_product_attention, q/k/v in one matrix product, torch's own GELU.
 
 fair-esm computes attention as two batched matrix products around a separate fp32 softmax,
 materialising every T x T score matrix; the fused kernel (FlashAttention / memory-efficient
 on a GPU, a tiled kernel on the CPU) computes the same softmax(q k^T) v without storing it.
 Same projections, same rotary embedding, same key-padding mask: the results agree with
 fair-esm's to fp32 rounding (tested). Attention weights are never needed here (no contact
-prediction), so the fused path serves every call that does not ask for them.
-"""
+prediction), so the fused path serves every call that does not ask for them. On a CPU in bf16
+what is not a large matrix product costs as much as the products (docs/benchmarks.md: "The
+forward pass on the CPU"): every pass saved here was measured there."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from esm.modules import TransformerLayer
 from esm.multihead_attention import MultiheadAttention
-from esm.rotary_embedding import RotaryEmbedding, apply_rotary_pos_emb
+from esm.rotary_embedding import RotaryEmbedding
 
 
 class FusedSelfAttention(MultiheadAttention):
@@ -49,33 +52,55 @@ class FusedSelfAttention(MultiheadAttention):
             )
         length, batch, width = query.shape
         heads, head_width = self.num_heads, self.head_dim
-
-        def split(x: torch.Tensor) -> torch.Tensor:  # (T, B, E) -> (B*H, T, d)
-            return x.contiguous().view(length, batch * heads, head_width).transpose(0, 1)
-
-        q = split(self.q_proj(query) * self.scaling)
-        k = split(self.k_proj(query))
-        v = split(self.v_proj(query))
+        # q, k and v in one matrix product, laid out as the kernel reads them: (3, B, H, T, d)
+        # in one copy (the kernels ran slower on strided views, both on this CPU)
+        qkv = F.linear(query, self.qkv_weight, self.qkv_bias)
+        qkv = qkv.view(length, batch, 3, heads, head_width).permute(2, 1, 3, 0, 4).contiguous()
+        q, k, v = qkv.unbind(dim=0)
         if self.rot_emb:
-            # the tables in fp32 (see keep_rotary_in_fp32), rounded once to q's precision
+            # the tables in fp32 (see keep_rotary_in_fp32), rounded once to q's precision;
+            # q and k rotated together, in place of fair-esm's two passes each
             cos, sin = self.rot_emb._update_cos_sin_tables(k, seq_dimension=-2)
-            cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-            q, k = apply_rotary_pos_emb(q, cos, sin), apply_rotary_pos_emb(k, cos, sin)
+            q, k = rotated(qkv[:2], cos[0, :length].to(q.dtype), sin[0, :length].to(q.dtype))
         mask = None
         if key_padding_mask is not None:
             # True = may attend; one row per sequence, broadcast over heads and queries
             mask = ~key_padding_mask.view(batch, 1, 1, length).to(torch.bool)
-        out = F.scaled_dot_product_attention(
-            q.view(batch, heads, length, head_width),
-            k.view(batch, heads, length, head_width),
-            v.view(batch, heads, length, head_width),
-            attn_mask=mask,
-            scale=1.0,  # q is already scaled, as in fair-esm
-        )
+        # the kernel scales q as fair-esm scales q_proj's output (the rotation is linear:
+        # scaling before or after it is the same)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
         # (B, H, T, d) -> (T, B, H*d); CUDA's memory-efficient kernel returns a transposed,
         # non-contiguous layout, so reshape rather than view
         out = out.permute(2, 0, 1, 3).reshape(length, batch, width)
         return self.out_proj(out), None
+
+
+def rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """fair-esm's apply_rotary_pos_emb, x * cos + rotate_half(x) * sin, over the last
+    dimension of x (positions in the first)."""
+    first, second = x.chunk(2, dim=-1)
+    return torch.addcmul(x * cos, torch.cat((-second, first), dim=-1), sin)
+
+
+class LeanTransformerLayer(TransformerLayer):
+    """fair-esm's ESM-2 layer with torch's own exact GELU (one kernel, where fair-esm's
+    x * 0.5 * (1 + erf(x / sqrt 2)) is four passes over the widest activation) and the
+    residual additions made in place, into the fresh outputs of attention and of fc2."""
+
+    def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_head_weights=False):
+        if need_head_weights or self_attn_mask is not None:
+            return super().forward(x, self_attn_mask, self_attn_padding_mask, need_head_weights)
+        normed = self.self_attn_layer_norm(x)
+        attended, attention = self.self_attn(
+            query=normed,
+            key=normed,
+            value=normed,
+            key_padding_mask=self_attn_padding_mask,
+            need_weights=True,
+        )
+        x = attended.add_(x)
+        out = self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+        return out.add_(x), attention
 
 
 def keep_rotary_in_fp32(network: torch.nn.Module) -> None:
@@ -88,13 +113,30 @@ def keep_rotary_in_fp32(network: torch.nn.Module) -> None:
             module._seq_len_cached = None
 
 
+def fuse_projections(module: MultiheadAttention) -> None:
+    """q, k and v weights (and biases) as one (3E, E) matrix; the three projections keep
+    theirs as views of it, so fair-esm's own path (contacts) and the state dict see the same
+    numbers and no memory is doubled."""
+    weight = torch.cat([module.q_proj.weight, module.k_proj.weight, module.v_proj.weight])
+    bias = torch.cat([module.q_proj.bias, module.k_proj.bias, module.v_proj.bias])
+    module.qkv_weight, module.qkv_bias = weight, bias
+    for index, projection in enumerate((module.q_proj, module.k_proj, module.v_proj)):
+        rows = slice(index * module.embed_dim, (index + 1) * module.embed_dim)
+        projection.weight = torch.nn.Parameter(weight[rows], requires_grad=False)
+        projection.bias = torch.nn.Parameter(bias[rows], requires_grad=False)
+
+
 def use_fused_attention(network: torch.nn.Module) -> int:
     """Switch every fair-esm self-attention module of `network` to the fused kernel in place
-    (weights untouched), rotary frequencies in fp32; returns how many were switched."""
+    (the same weights, q/k/v held as one matrix), its layers to the lean forward, rotary
+    frequencies in fp32; returns how many attention modules were switched."""
     keep_rotary_in_fp32(network)
     switched = 0
     for module in network.modules():
-        if type(module) is MultiheadAttention:
+        if type(module) is MultiheadAttention and module.q_proj.bias is not None:
+            fuse_projections(module)
             module.__class__ = FusedSelfAttention
             switched += 1
+        elif type(module) is TransformerLayer:
+            module.__class__ = LeanTransformerLayer
     return switched

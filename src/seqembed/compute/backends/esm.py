@@ -183,6 +183,9 @@ class EsmBackend:
         dtype, reason = torch_dtype(precision, device)
         network, alphabet, name = load_esm(model, device, dtype, model_cache)
         use_fused_attention(network)
+        # the logits are never read: fair-esm's LM head (an E x E layer, a layer norm and
+        # the vocabulary projection, over every token) is not computed
+        network.lm_head = torch.nn.Identity()
         backend = cls(network, alphabet, name, device, dtype, truncation, pooling)
         backend.precision_reason = reason
         return backend
