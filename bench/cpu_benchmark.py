@@ -1,12 +1,18 @@
 """seqembed against fair-esm's own extraction, side by side in one run, on the same corpus and
-the same random-weight model with the shape of a real ESM-2 (35M: 12 layers, 480 wide, 20
-heads), on this machine's CPU.
+random-weight models with the shapes of real ESM-2s (35M: 12 layers x 480, 150M: 30 x 640,
+650M: 33 x 1,280), on this machine's CPU.
 
-    .venv/bin/python bench/cpu_benchmark.py [--workdir /tmp/seqembed-bench]
+    .venv/bin/python bench/cpu_benchmark.py [--shapes 35M 150M] [--workdir /tmp/seqembed-bench]
 
-(a) the workflow end to end: `snakemake --cores 2 --resources gpu=2`, two CPU jobs at once;
-(b) the baseline (bench/fair_esm_baseline.py), once per file, as users run fair-esm's script.
-Prints a table of figures and ratios; docs/benchmarks.md keeps the results.
+Per shape:
+(a) the baseline (bench/fair_esm_baseline.py), once per file, as users run fair-esm's script
+    (fp32, torch's default threads);
+(b) the workflow end to end, `snakemake --cores 2 --resources gpu=2` with two CPU slots, in
+    fp32 and in bf16 (what `precision: auto` resolves to here is printed);
+and the useful work (the matrix products of the real tokens, attention included: 24 E^2 + 4
+T E FLOPs per token and layer) per second, as a share of the bf16 and fp32 matrix-product
+peak measured on the same cores (a 2,048^3 matmul). Prints a table per shape;
+docs/benchmarks.md keeps the results.
 """
 
 from __future__ import annotations
@@ -24,7 +30,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
+import torch  # noqa: E402
+
+from seqembed.compute.backends import PROTEIN_ALPHABET  # noqa: E402
 from seqembed.demo import file_sizes, write_fasta, write_tiny_esm2  # noqa: E402
+from seqembed.fasta import read_fasta  # noqa: E402
+from seqembed.precision import choose_precision  # noqa: E402
+
+#: layers, width, heads of the released ESM-2s
+SHAPES = {"35M": (12, 480, 20), "150M": (30, 640, 20), "650M": (33, 1280, 20)}
 
 
 def make_corpus(folder: Path, files: int, largest: int, seed: int = 5) -> list[Path]:
@@ -79,7 +93,7 @@ def baseline(model: Path, corpus: list[Path], out: Path) -> dict:
     return totals
 
 
-def workflow(model: Path, corpus_dir: Path, out: Path) -> dict:
+def workflow(model: Path, corpus_dir: Path, out: Path, precision: str) -> dict:
     command = [
         str(Path(sys.executable).with_name("snakemake")),
         "-s",
@@ -97,7 +111,10 @@ def workflow(model: Path, corpus_dir: Path, out: Path) -> dict:
         "device=cpu",
         "cpu_slots=2",
         "verbosity=quiet",
+        f"precision={precision}",
+        f"lock_dir={out.parent / 'locks'}",
     ]
+    out.parent.mkdir(parents=True, exist_ok=True)
     _, wall, _ = run_with_rusage(command, cwd=out.parent)
     records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
     return {
@@ -117,29 +134,46 @@ def workflow(model: Path, corpus_dir: Path, out: Path) -> dict:
     }
 
 
-def table(results: dict[str, dict]) -> str:
-    rows = [
-        ("sequences/s", lambda r: r["sequences"] / r["wall_seconds"], "{:.2f}"),
-        ("residues/s", lambda r: r["residues"] / r["wall_seconds"], "{:,.0f}"),
-        ("padding efficiency", lambda r: r["real_tokens"] / r["computed_tokens"], "{:.3f}"),
-        (
-            "import+load share of job time",
-            lambda r: r["overhead_seconds"] / r["job_seconds"],
-            "{:.1%}",
-        ),
-        ("peak RSS per process (MiB)", lambda r: r["peak_rss_mb"], "{:,.0f}"),
-        ("wall seconds", lambda r: r["wall_seconds"], "{:.1f}"),
-    ]
-    names = list(results)
+def matmul_peak(dtype: torch.dtype, size: int = 2048) -> float:
+    """GFLOP/s of a size^3 matrix product on all of torch's threads: best of 5, after two
+    warm-up runs (oneDNN's AMX kernels in bf16 on such a CPU)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def useful_flops(corpus: list[Path], layers: int, width: int) -> float:
+    """The matrix products a forward pass needs for the real tokens (BOS, residues, EOS, cut
+    at 1,024), padding left out: per token and layer 24 E^2 (q, k, v, out, the 4E-wide feed
+    forward) and 4 T E (scores and their use over the T tokens of its sequence)."""
+    total = 0.0
+    for path in corpus:
+        for sequence in read_fasta(path, PROTEIN_ALPHABET).sequences:
+            tokens = min(len(sequence), 1022) + 2
+            total += layers * tokens * (24 * width**2 + 4 * tokens * width)
+    return total
+
+
+def table(rows: dict[str, dict], flops: float, peaks: dict[str, float]) -> str:
+    baseline = rows["fair-esm extraction (fp32)"]
     lines = [
-        "| figure | " + " | ".join(names) + " | seqembed / baseline |",
-        "| --- |" + " --- |" * (len(names) + 1),
+        "| run | wall s | residues/s | vs fair-esm | useful GFLOP/s | of bf16 peak "
+        "| of fp32 peak |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for label, figure, style in rows:
-        values = [figure(results[name]) for name in names]
-        ratio = values[0] / values[1] if values[1] else float("nan")
+    for name, result in rows.items():
+        rate = flops / result["wall_seconds"] / 1e9
         lines.append(
-            f"| {label} | " + " | ".join(style.format(v) for v in values) + f" | {ratio:.2f}x |"
+            f"| {name} | {result['wall_seconds']:.1f} | "
+            f"{result['residues'] / result['wall_seconds']:,.0f} | "
+            f"{baseline['wall_seconds'] / result['wall_seconds']:.2f}x | {rate:,.0f} | "
+            f"{rate / peaks['bf16']:.1%} | {rate / peaks['fp32']:.1%} |"
         )
     return "\n".join(lines)
 
@@ -147,24 +181,47 @@ def table(results: dict[str, dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/seqembed-bench"))
+    parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=["35M", "150M"])
     parser.add_argument("--files", type=int, default=6)
-    parser.add_argument("--largest", type=int, default=160, help="sequences in the largest file")
+    parser.add_argument(
+        "--largest",
+        type=int,
+        default=160,
+        help="sequences in the largest file (35M; scaled down for larger shapes)",
+    )
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
-    model = write_tiny_esm2(args.workdir / "model", layers=12, dim=480, heads=20, seed=0)
-    corpus = make_corpus(args.workdir / "corpus", args.files, args.largest)
-    (args.workdir / "run").mkdir()
-    results = {
-        "seqembed": workflow(model, args.workdir / "corpus", args.workdir / "run" / "results"),
-        "fair-esm baseline": baseline(model, corpus, args.workdir / "baseline"),
-    }
-    assert results["seqembed"]["sequences"] == results["fair-esm baseline"]["sequences"]
+    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    auto = choose_precision("auto", "cpu")
     print(
-        f"corpus: {len(corpus)} files, {results['seqembed']['sequences']} sequences, "
-        f"{results['seqembed']['residues']:,} residues; model: ESM-2 35M shape, random "
-        f"weights; {os.cpu_count()} CPU cores"
+        f"{os.cpu_count()} CPU cores; 2,048^3 matmul: bf16 {peaks['bf16']:,.0f} GFLOP/s, fp32 "
+        f"{peaks['fp32']:,.0f} GFLOP/s ({peaks['bf16'] / peaks['fp32']:.1f}x); precision auto "
+        f"here: {auto.precision} ({auto.reason})"
     )
-    print(table(results))
+    for shape in args.shapes:
+        layers, width, heads = SHAPES[shape]
+        folder = args.workdir / shape
+        model = write_tiny_esm2(folder / "model", layers=layers, dim=width, heads=heads, seed=0)
+        # the same work per shape in about the same time: fewer sequences for wider models
+        largest = max(10, args.largest * 480**2 * 12 // (width**2 * layers))
+        corpus = make_corpus(folder / "corpus", args.files, largest)
+        rows = {"fair-esm extraction (fp32)": baseline(model, corpus, folder / "baseline")}
+        for precision in ("fp32", "bf16"):
+            rows[f"seqembed {precision}"] = workflow(
+                model, folder / "corpus", folder / precision / "results", precision
+            )
+            assert (
+                rows[f"seqembed {precision}"]["sequences"]
+                == rows["fair-esm extraction (fp32)"]["sequences"]
+            )
+        flops = useful_flops(corpus, layers, width)
+        print(
+            f"\nESM-2 {shape} shape ({layers} layers x {width}, random weights): {len(corpus)} "
+            f"files, {rows['seqembed fp32']['sequences']} sequences, "
+            f"{rows['seqembed fp32']['residues']:,} residues, "
+            f"{flops / rows['seqembed fp32']['residues'] / 1e6:.0f} MFLOP per residue"
+        )
+        print(table(rows, flops, peaks), flush=True)
 
 
 if __name__ == "__main__":

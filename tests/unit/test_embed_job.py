@@ -24,6 +24,7 @@ def make_job(tmp_path, fasta, model, **settings) -> EmbedJob:
     """A job as the embed rule makes it, computing in its own process (worker: per_file): the
     resident worker has tests of its own (test_worker.py)."""
     defaults = {"device": "cpu", "worker": "per_file", "lock_dir": str(tmp_path / "locks")}
+    defaults["precision"] = "fp32"  # compared with fair-esm in fp32
     config = validate_config({"model": str(model), **defaults, **settings}, SCHEMA)
     return EmbedJob(
         name=fasta.stem,

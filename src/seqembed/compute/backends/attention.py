@@ -1,5 +1,5 @@
 """fair-esm's ESM-2 layers with fewer passes over memory: self-attention through torch's fused
-scaled_dot_product_attention, q/k/v in one matrix product, torch's own GELU.
+scaled_dot_product_attention, q/k/v in one matrix product, q and k rotated in one pass.
 
 fair-esm computes attention as two batched matrix products around a separate fp32 softmax,
 materialising every T x T score matrix; the fused kernel (FlashAttention / memory-efficient
@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from esm.modules import TransformerLayer
+from esm.modules import gelu as esm_gelu
 from esm.multihead_attention import MultiheadAttention
 from esm.rotary_embedding import RotaryEmbedding
 
@@ -83,9 +84,9 @@ def rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class LeanTransformerLayer(TransformerLayer):
-    """fair-esm's ESM-2 layer with torch's own exact GELU (one kernel, where fair-esm's
-    x * 0.5 * (1 + erf(x / sqrt 2)) is four passes over the widest activation) and the
-    residual additions made in place, into the fresh outputs of attention and of fc2."""
+    """fair-esm's ESM-2 layer calling the fused attention directly. fair-esm's own four-pass
+    GELU stays: torch's `F.gelu` was faster, but a resident worker's memory grew with it by
+    megabytes per file of new lengths (tests/unit/test_worker.py caught it)."""
 
     def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_head_weights=False):
         if need_head_weights or self_attn_mask is not None:
@@ -98,9 +99,8 @@ class LeanTransformerLayer(TransformerLayer):
             key_padding_mask=self_attn_padding_mask,
             need_weights=True,
         )
-        x = attended.add_(x)
-        out = self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
-        return out.add_(x), attention
+        x = x + attended
+        return x + self.fc2(esm_gelu(self.fc1(self.final_layer_norm(x)))), attention
 
 
 def keep_rotary_in_fp32(network: torch.nn.Module) -> None:
