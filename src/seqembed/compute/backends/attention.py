@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from esm.modules import TransformerLayer
-from esm.modules import gelu as esm_gelu
 from esm.multihead_attention import MultiheadAttention
 from esm.rotary_embedding import RotaryEmbedding
 
@@ -83,26 +81,6 @@ def rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return torch.addcmul(x * cos, torch.cat((-second, first), dim=-1), sin)
 
 
-class LeanTransformerLayer(TransformerLayer):
-    """fair-esm's ESM-2 layer calling the fused attention directly. fair-esm's own four-pass
-    GELU stays: torch's `F.gelu` was faster, but a resident worker's memory grew with it by
-    megabytes per file of new lengths (tests/unit/test_worker.py caught it)."""
-
-    def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_head_weights=False):
-        if need_head_weights or self_attn_mask is not None:
-            return super().forward(x, self_attn_mask, self_attn_padding_mask, need_head_weights)
-        normed = self.self_attn_layer_norm(x)
-        attended, attention = self.self_attn(
-            query=normed,
-            key=normed,
-            value=normed,
-            key_padding_mask=self_attn_padding_mask,
-            need_weights=True,
-        )
-        x = x + attended
-        return x + self.fc2(esm_gelu(self.fc1(self.final_layer_norm(x)))), attention
-
-
 def keep_rotary_in_fp32(network: torch.nn.Module) -> None:
     """fair-esm builds rotary positions as `arange(T).type_as(inv_freq)`: in a bf16 model
     positions above 256 are rounded (0..1023 collapse to 513 values), so long sequences get
@@ -128,7 +106,7 @@ def fuse_projections(module: MultiheadAttention) -> None:
 
 def use_fused_attention(network: torch.nn.Module) -> int:
     """Switch every fair-esm self-attention module of `network` to the fused kernel in place
-    (the same weights, q/k/v held as one matrix), its layers to the lean forward, rotary
+    (the same weights, q/k/v held as one matrix), rotary
     frequencies in fp32; returns how many attention modules were switched."""
     keep_rotary_in_fp32(network)
     switched = 0
@@ -137,6 +115,4 @@ def use_fused_attention(network: torch.nn.Module) -> int:
             fuse_projections(module)
             module.__class__ = FusedSelfAttention
             switched += 1
-        elif type(module) is TransformerLayer:
-            module.__class__ = LeanTransformerLayer
     return switched
