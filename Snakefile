@@ -11,7 +11,7 @@ from pathlib import Path
 # The package lives next to this file; no installation needed to run from a clone.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from seqembed import runstate
+from seqembed import bundles, runstate
 from seqembed.devices import resolve_pool, slots_warning
 from seqembed.layout import RunLayout
 from seqembed.report import view
@@ -67,6 +67,7 @@ rule all:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/plan.smk"
 include: "workflow/rules/embed.smk"
+include: "workflow/rules/bundle.smk"
 include: "workflow/rules/gather.smk"
 include: "workflow/rules/summary.smk"
 
@@ -81,6 +82,8 @@ onstart:
         sys.exit(f"seqembed: pre-flight failed: {failure}")
     # a fresh run: earlier failures no longer count towards an abort, speed is measured anew
     runstate.reset(LAYOUT.state, scheduler_pid=os.getpid())
+    # a bundle runs again for its files that failed or are missing: the others come back
+    bundles.keep_finished(LAYOUT, BUNDLES)
     LAST_WORD.arm(
         lambda: view.detach()
         or exit_code_after_failure(LAYOUT, FILES, OUTPUT_SETTINGS, UNUSABLE, SHARDS)
@@ -103,6 +106,7 @@ onstart:
                 pool,
             ),
             idle_warning(FILES, pool, config["shard_size"]),
+            bundles.idle_warning(BUNDLES, pool),
         ]
         for warning in filter(None, warnings):
             print(f"seqembed: warning: {warning}", file=sys.stderr)
@@ -115,6 +119,7 @@ onstart:
             verbosity=config["verbosity"],
             local=workflow.local_exec,
             unit="jobs" if SHARDS else "files",
+            bundles=BUNDLES,
         )
     )
 

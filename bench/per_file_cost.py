@@ -1,7 +1,8 @@
 """What one more input file costs, and where a run's device time goes, on this machine's CPU.
 
     .venv/bin/python bench/per_file_cost.py [--counts 50 500] [--modes resident per_file]
-        [--snakemake-arg=--scheduler-subsample=0] [--demo] [--workdir /tmp/seqembed-per-file]
+        [--bundle-sizes 0 50] [--snakemake-arg=--scheduler-subsample=0] [--demo]
+        [--workdir /tmp/seqembed-per-file]
 
 (a) marginal cost: for each count N, N tiny files (3 short sequences each) through
     `snakemake --cores 2 --resources gpu=2` with the demo's model and two CPU slots, as a user
@@ -12,6 +13,7 @@
 --dry-run instead times `snakemake --dry-run` (the DAG of N files, nothing run) per count;
 (b) with --demo, the demo set (`python -m seqembed.demo`): wall time, device utilisation,
     start-up and model-load share, models loaded, from summary.json.
+--bundle-sizes runs (a) once per bundle_size (0: one job per file, the default).
 --snakemake-arg adds an argument to every run (repeat it), e.g. to compare scheduler settings.
 docs/benchmarks.md keeps the results.
 """
@@ -46,10 +48,16 @@ def tiny_files(folder: Path, count: int, seed: int = 3) -> Path:
 
 
 def run(
-    workdir: Path, inputs: Path, model: Path, mode: str, extra: list[str], dry: bool = False
+    workdir: Path,
+    inputs: Path,
+    model: Path,
+    mode: str,
+    extra: list[str],
+    dry: bool = False,
+    bundle_size: int = 0,
 ) -> tuple[float, Path]:
     """Wall seconds of one `snakemake` run from start to exit, and its output folder."""
-    output = workdir / f"results-{inputs.name}-{mode}"
+    output = workdir / f"results-{inputs.name}-{mode}-{bundle_size}"
     shutil.rmtree(output, ignore_errors=True)
     command = [
         str(Path(sys.executable).with_name("snakemake")),
@@ -57,6 +65,7 @@ def run(
         *("--config", f"input_dir={inputs}", f"output_dir={output}", f"model={model}"),
         *("device=cpu", "cpu_slots=2", f"worker={mode}", "verbosity=quiet"),
         f"lock_dir={workdir / 'locks'}",
+        f"bundle_size={bundle_size}",
     ]
     if dry:
         command.insert(1, "--dry-run")
@@ -90,22 +99,31 @@ def order_displacement(inputs: Path, output: Path) -> tuple[float, float]:
 def marginal_costs(args: argparse.Namespace, model: Path) -> None:
     extra = args.snakemake_arg or []
     print(f"marginal cost of one more tiny file; extra arguments: {' '.join(extra) or 'none'}")
-    print("| worker | files | wall s | marginal s per file | order moved: mean, p95 of N |")
-    print("| --- | --- | --- | --- | --- |")
+    print(
+        "| worker | bundle_size | files | wall s | marginal s per file "
+        "| order moved: mean, p95 of N |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     for mode in args.modes:
-        previous = None
-        for count in args.counts:
-            inputs = tiny_files(args.workdir / f"n{count}", count)
-            wall, output = run(args.workdir, inputs, model, mode, extra)
-            marginal = (
-                "" if previous is None else f"{(wall - previous[1]) / (count - previous[0]):.3f}"
-            )
-            mean, p95 = order_displacement(inputs, output)
-            print(
-                f"| {mode} | {count} | {wall:.1f} | {marginal} | {mean:.1%}, {p95:.1%} |",
-                flush=True,
-            )
-            previous = (count, wall)
+        for bundle_size in args.bundle_sizes:
+            previous = None
+            for count in args.counts:
+                inputs = tiny_files(args.workdir / f"n{count}", count)
+                wall, output = run(
+                    args.workdir, inputs, model, mode, extra, bundle_size=bundle_size
+                )
+                marginal = (
+                    ""
+                    if previous is None
+                    else f"{(wall - previous[1]) / (count - previous[0]):.3f}"
+                )
+                mean, p95 = order_displacement(inputs, output)
+                print(
+                    f"| {mode} | {bundle_size or '-'} | {count} | {wall:.1f} | {marginal} "
+                    f"| {mean:.1%}, {p95:.1%} |",
+                    flush=True,
+                )
+                previous = (count, wall)
 
 
 def dry_runs(args: argparse.Namespace, model: Path) -> None:
@@ -137,6 +155,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/seqembed-per-file"))
     parser.add_argument("--counts", type=int, nargs="+", default=[50, 500])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--bundle-sizes", type=int, nargs="+", default=[0])
     parser.add_argument("--snakemake-arg", action="append", help="passed to every run")
     parser.add_argument("--demo", action="store_true", help="also (b), the demo set")
     parser.add_argument("--dry-run", action="store_true", help="time dry runs instead")

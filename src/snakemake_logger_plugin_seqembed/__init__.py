@@ -14,6 +14,7 @@ from snakemake_interface_logger_plugins.base import LogHandlerBase
 from snakemake_interface_logger_plugins.common import LogEvent
 from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
 
+from seqembed.bundles import PREFIX
 from seqembed.report import view
 from seqembed.report.display import RunDisplay
 from seqembed.shards import shard_job_name
@@ -114,9 +115,11 @@ class LogHandler(LogHandlerBase):
     def _follow(self, record: logging.LogRecord, event) -> None:
         if event == LogEvent.RUN_INFO:
             stats = getattr(record, "stats", None) or {}
-            self.display.files_to_compute = stats.get("embed", 0) + stats.get("embed_shard", 0)
+            self.display.scheduled = {rule: count for rule, count in stats.items() if _embeds(rule)}
         elif event == LogEvent.JOB_INFO:
-            if record.rule_name in ("embed", "embed_shard"):
+            if record.rule_name.startswith(PREFIX):
+                self.embed_jobs[record.jobid] = record.rule_name  # its files, in the view
+            elif record.rule_name in ("embed", "embed_shard"):
                 wildcards = dict(record.wildcards)
                 name, shard = wildcards.get("name"), wildcards.get("shard")
                 self.embed_jobs[record.jobid] = shard_job_name(name, shard) if shard else name
@@ -131,7 +134,7 @@ class LogHandler(LogHandlerBase):
         if self.common_settings.dryrun or verbosity == "verbose":
             return True  # a dry run lists the jobs; verbose shows all Snakemake says
         local = self.display.run is None or self.display.run.local
-        own_line = getattr(record, "rule_name", "") in ("embed", "embed_shard")
+        own_line = _embeds(getattr(record, "rule_name", ""))
         if event == LogEvent.JOB_ERROR and own_line and local:
             # the job said what went wrong in one line of its own, or the view does for it
             return False
@@ -146,3 +149,8 @@ class LogHandler(LogHandlerBase):
     def close(self) -> None:
         self.display.close()
         super().close()
+
+
+def _embeds(rule: str) -> bool:
+    """A rule whose jobs compute embeddings: a file, a shard or a bundle of files."""
+    return rule in ("embed", "embed_shard") or rule.startswith(PREFIX)

@@ -103,7 +103,7 @@ def test_plain_display_prints_blocks_while_attached_and_a_last_one(tmp_path, mon
     record_progress(state)
     stream = io.StringIO()
     display = RunDisplay(stream=stream, interval=0.05)
-    display.files_to_compute = 5
+    display.scheduled = {"embed": 5}
     display.attach(view.RunInfo(str(state), files_total=5, devices=("cuda:0", "cuda:1")))
     assert display.mode == "plain" and view_is_on()  # the jobs leave "done" lines to the view
     time.sleep(0.2)
@@ -259,4 +259,7 @@ def test_the_plugin_follows_the_run_even_when_snakemake_is_told_to_be_quiet():
     emit("Job stats:", event=LogEvent.RUN_INFO, stats={"embed": 3, "total": 5})
     emit("", event=LogEvent.JOB_INFO, jobid=4, rule_name="embed", wildcards={"name": "a"})
     assert handler.display.files_to_compute == 3 and handler.embed_jobs == {4: "a"}
+    # a bundle's job (seqembed.bundles): the view learns its files from the run
+    emit("", event=LogEvent.JOB_INFO, jobid=5, rule_name="embed_bundle_1", wildcards={})
+    assert handler.embed_jobs[5] == "embed_bundle_1"
     assert shown == []  # and yet nothing printed: --quiet still applies

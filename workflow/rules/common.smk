@@ -6,6 +6,7 @@ from seqembed.compute.backends import resolve_precision
 from seqembed.devices import gpu_pool
 from seqembed.run.config import output_settings
 from seqembed.run.long_sequences import long_sequence_param
+from seqembed.bundles import bundle_bytes, make_bundles
 from seqembed.shards import labels, section, shard_counts, shard_regex
 
 ENV = "../../envs/seqembed.yaml"
@@ -64,7 +65,14 @@ SHARDS = shard_counts(FILES, config["shard_size"])
 # the names whose output the gather writes, and (by a look-ahead over the rest of the output's
 # name, or over the name alone) those whose embed job writes it
 SHARDED = shard_regex(SHARDS)
-WHOLE = rf"(?!(?:{SHARDED})(?:\.{re.escape(LAYOUT.output_format)})?$)[^/]+"
+# rule name -> the files it computes, for the other files in jobs of up to bundle_size
+# (seqembed.bundles): with bundles, every file that is not sharded is in one
+BUNDLES = make_bundles(FILES, config["bundle_size"], SHARDS)
+WHOLE = (
+    r"(?!)"
+    if BUNDLES
+    else rf"(?!(?:{SHARDED})(?:\.{re.escape(LAYOUT.output_format)})?$)[^/]+"
+)
 
 
 def input_size(wildcards):
@@ -75,4 +83,11 @@ def input_size(wildcards):
 
 
 # the plan first, then the files largest first
-PLAN_PRIORITY = max(map(os.path.getsize, FILES.values()), default=0) + 1
+PLAN_PRIORITY = (
+    max(
+        [os.path.getsize(path) for path in FILES.values()]
+        + [bundle_bytes(FILES, names) for names in BUNDLES.values()],
+        default=0,
+    )
+    + 1
+)

@@ -46,7 +46,7 @@ def run_or_record_failure(job: EmbedJob) -> dict:
     history = list((retry_of or {}).get("previous_attempts", []))
     try:
         if retry_of and retry_of["status"] == "done":
-            restored = _restored(job, retry_of)
+            restored = restore_finished(job, retry_of)
             if restored:
                 return restored
             retry_of = None  # computed again, as a first attempt would
@@ -94,12 +94,19 @@ def run_or_record_failure(job: EmbedJob) -> dict:
     return record
 
 
-def _restored(job: EmbedJob, done: dict) -> dict | None:
-    """The attempt before this one finished, and Snakemake removed its output (its group
-    failed, or the job was killed after the rename): put it back if it is still valid."""
+def restore_finished(job: EmbedJob, done: dict) -> dict | None:
+    """An attempt before this one finished, and Snakemake removed its output (its group or
+    bundle failed, the job was killed after the rename, or a bundle runs again for its other
+    files): put it back if it is still valid. The record says when, so that the failure
+    handler puts it back again should this job fail too."""
     if not restore(done, job.state_dir, job.settings):
         return None
-    record = {**done, "attempt": job.attempt, "restored_from_attempt": done["attempt"]}
+    record = {
+        **done,
+        "attempt": job.attempt,
+        "restored_from_attempt": done["attempt"],
+        "restored": time.time(),
+    }
     with contextlib.suppress(OutputError):
         write_record(job.record, job.state_dir, record)
     return record

@@ -58,6 +58,8 @@ class EmbedJob:
     shard: str | None = None
     section: tuple[int, int | None] = (0, None)
     replaces: str | None = None
+    #: False for a bundle's files after its first: the process started once for them all
+    startup_counted: bool = True
 
     @property
     def input_name(self) -> str:
@@ -296,7 +298,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
         "duplicate_ids": len(records.ids) - len(set(records.ids)),
         "finished": finished,
         # interpreter, imports and Snakemake's script preamble, before this function ran
-        "startup_seconds": max(0.0, started - process_started()),
+        "startup_seconds": max(0.0, started - process_started()) if job.startup_counted else 0.0,
         "waited_seconds": base["claimed"] - started,
         "wall_seconds": finished - started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

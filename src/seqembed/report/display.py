@@ -82,7 +82,8 @@ class RunDisplay:
         self.lock = threading.RLock()
         self.run: RunInfo | None = None
         self.reader: ProgressReader | None = None
-        self.files_to_compute: int | None = None
+        #: rule -> jobs Snakemake scheduled (its job stats), once it said
+        self.scheduled: dict[str, int] | None = None
         self.mode = "none"  # until a run is attached: Snakemake's messages pass through
         self._verbosity = "normal"
         self._ended: dict[str, float] = {}
@@ -105,12 +106,23 @@ class RunDisplay:
         """Known when the workflow is parsed, before a run starts (or a dry run lists jobs)."""
         self._verbosity = verbosity
 
+    @property
+    def files_to_compute(self) -> int | None:
+        """The files (or jobs) the scheduled embed jobs compute; the other input files were
+        up to date when the run started."""
+        if self.scheduled is None:
+            return None
+        run = self.run or RunInfo("", 0, ())
+        return sum(count * run.files_of(rule) for rule, count in self.scheduled.items())
+
     def job_ended(self, name: str) -> None:
-        """Snakemake says the job of `name` failed: if its file still says it runs, it was
-        killed without a last word. Its failure is looked up now: a retry soon overwrites
-        the file."""
+        """Snakemake says the job of `name` (a file, a shard's job or a bundle rule) failed:
+        if its file still says it runs, it was killed without a last word. Its failure is
+        looked up now: a retry soon overwrites the file."""
         with self.lock:
-            self._ended[name] = time.time()
+            bundled = self.run.bundles.get(name) if self.run is not None else None
+            for ended in bundled or [name]:
+                self._ended[ended] = time.time()
             if self.run is not None and self.mode not in ("none", "done"):
                 try:
                     self._refresh()

@@ -27,7 +27,8 @@ def read_records(records_dir: str | os.PathLike, names: list[str]) -> dict[str, 
 
 
 def _this_run(record: dict, since: float | None) -> bool:
-    moment = record.get("finished") or record.get("started") or 0.0
+    # a file put back from its receipt is this run's when it was put back
+    moment = record.get("restored") or record.get("finished") or record.get("started") or 0.0
     return since is None or moment >= since
 
 

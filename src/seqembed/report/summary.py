@@ -87,7 +87,8 @@ def summarize(
     missing = sorted(name for name, r in records.items() if r is None)
 
     def this_run(r: dict) -> bool:
-        return (since is None or r["started"] >= since) and not r.get("restored_from_attempt")
+        # a file put back from an attempt of this run counts: that attempt computed it
+        return since is None or r["started"] >= since
 
     computed = [r for r in done if this_run(r)]
     # what the devices computed in this run: whole files, and the shards of sharded files
@@ -232,7 +233,7 @@ def report_run(
     if restored:
         print(
             f"seqembed: {len(restored)} finished embedding(s) that Snakemake removed when "
-            f"another file of their group failed were put back: {', '.join(restored[:5])}"
+            f"another file of their group or bundle failed were put back: {', '.join(restored[:5])}"
             + (" ..." if len(restored) > 5 else ""),
             flush=True,
         )

@@ -33,6 +33,14 @@ class RunInfo:
     local: bool = True  # the jobs run on this host, their output reaches this terminal
     #: what the counts count: files, or with sharded files the jobs (files and shards)
     unit: str = "files"
+    #: bundle rule -> its files' names (seqembed.bundles)
+    bundles: Mapping[str, list[str]] = field(default_factory=dict)
+
+    def files_of(self, rule: str) -> int:
+        """How many of the counted units one job of `rule` computes."""
+        if rule in ("embed", "embed_shard"):
+            return 1
+        return len(self.bundles.get(rule, ()))
 
 
 @dataclass

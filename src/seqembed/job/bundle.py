@@ -1,0 +1,44 @@
+"""One bundle job (seqembed.bundles): its files one after another, each with the failure
+semantics of a job of its own (seqembed.job.attempts). A failed file does not stop the
+others; the job fails at the end if any file did, so that Snakemake retries the bundle, and
+each failure has printed its one line naming its file."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from seqembed.job.attempts import restore_finished, run_or_record_failure
+from seqembed.job.embed import EmbedJob
+from seqembed.job.progress import JobProgress
+from seqembed.job.records import last_attempt_path, read_record
+
+
+def run_bundle(jobs: list[EmbedJob]) -> list[dict]:
+    """The records of the files that are done; SystemExit(1) after the last file when any
+    failed."""
+    done, failed = [], 0
+    for job in jobs:
+        # only the first file computed pays for the interpreter and Snakemake's preamble
+        job = dataclasses.replace(job, startup_counted=not done)
+        try:
+            done.append(_kept(job) or run_or_record_failure(job))
+        except SystemExit as failure:
+            failed += 1
+            print(failure.code, file=sys.stderr, flush=True)
+    if failed:
+        raise SystemExit(1)
+    return done
+
+
+def _kept(job: EmbedJob) -> dict | None:
+    """The file's embedding from an earlier attempt or run, put back (seqembed.bundles
+    keep_finished), or None to compute it."""
+    previous = read_record(last_attempt_path(job.state_dir, job.name))
+    if not previous or previous.get("status") != "done":
+        return None
+    record = restore_finished(job, previous)
+    if record:
+        progress = JobProgress(job.state_dir, job.name, file=job.fasta, attempt=job.attempt)
+        progress.update(status="done", total=record.get("sequences"), done=record.get("sequences"))
+    return record
