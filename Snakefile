@@ -95,6 +95,12 @@ onstart:
         lambda reason: os.kill(os.getpid(), signal.SIGINT),
         interval_s=0.5,
     )
+    if BUNDLES and not workflow.local_exec:
+        print(
+            "seqembed: warning: bundle_size is for runs on one host: its rules do not get "
+            "the profile's embed resources; on a cluster pack files with --groups (README)",
+            file=sys.stderr,
+        )
     # the view lists this host's devices; on a cluster it learns the nodes' from the jobs
     pool = []
     if workflow.local_exec:
