@@ -221,7 +221,9 @@ def test_memory_stays_flat_over_many_files(tmp_path):
             rss.append(stats["worker_rss_mb"])
         settled = sorted(rss[5:25])[10]  # medians: single files swing by 20 MB
         last = sorted(rss[30:])[10]
-        assert last - settled < 8, rss  # MB: noise, where a leak would add megabytes a file
+        # MB: the two medians are 25 files apart, so a leak of even 1 MB a file moves them
+        # 25 MB; the allocator's noise moved them up to 9 MB (8 failed 1 run in 4)
+        assert last - settled < 15, rss
     finally:
         if worker:
             stop(worker.worker["pid"])
