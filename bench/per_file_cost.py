@@ -13,7 +13,7 @@
 --dry-run instead times `snakemake --dry-run` (the DAG of N files, nothing run) per count;
 (b) with --demo, the demo set (`python -m seqembed.demo`): wall time, device utilisation,
     start-up and model-load share, models loaded, from summary.json.
---bundle-sizes runs (a) once per bundle_size (0: one job per file, the default).
+--bundle-sizes runs (a) or the dry runs once per bundle_size (0: one job per file, the default).
 --snakemake-arg adds an argument to every run (repeat it), e.g. to compare scheduler settings.
 docs/benchmarks.md keeps the results.
 """
@@ -128,12 +128,19 @@ def marginal_costs(args: argparse.Namespace, model: Path) -> None:
 
 def dry_runs(args: argparse.Namespace, model: Path) -> None:
     print("`snakemake --dry-run` of N tiny files:")
-    print("| files | wall s | per 1,000 files s |")
-    print("| --- | --- | --- |")
-    for count in args.counts:
-        inputs = tiny_files(args.workdir / f"n{count}", count)
-        wall, _ = run(args.workdir, inputs, model, "resident", args.snakemake_arg or [], dry=True)
-        print(f"| {count:,} | {wall:.1f} | {wall / count * 1000:.2f} |", flush=True)
+    print("| bundle_size | files | wall s | per 1,000 files s |")
+    print("| --- | --- | --- | --- |")
+    for bundle_size in args.bundle_sizes:
+        for count in args.counts:
+            inputs = tiny_files(args.workdir / f"n{count}", count)
+            extra = args.snakemake_arg or []
+            wall, _ = run(
+                args.workdir, inputs, model, "resident", extra, dry=True, bundle_size=bundle_size
+            )
+            print(
+                f"| {bundle_size or '-'} | {count:,} | {wall:.1f} | {wall / count * 1000:.2f} |",
+                flush=True,
+            )
 
 
 def demo_set(args: argparse.Namespace, model: Path) -> None:

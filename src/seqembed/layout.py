@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +51,21 @@ class RunLayout:
         """Shared by the jobs of one run; cleared when a run starts."""
         return self._path(".seqembed", "run")
 
+    # once per input file, twice while the workflow is read (50,000 files: 100,000 calls):
+    # strings, not Paths; `name` is a file's name without a folder (run.config.output_name)
     def embedding(self, name: str) -> str:
-        return self._path("embeddings", f"{name}.{self.output_format}")
+        return f"{self._embeddings}{name}.{self.output_format}"
 
     def record(self, name: str) -> str:
-        return self._path("records", f"{name}.json")
+        return f"{self._records}{name}.json"
+
+    @functools.cached_property
+    def _embeddings(self) -> str:
+        return self._path("embeddings") + os.sep
+
+    @functools.cached_property
+    def _records(self) -> str:
+        return self._path("records") + os.sep
 
     def shard_embedding(self, name: str, label: str) -> str:
         """A shard's output, until the gather joins it into the file's (seqembed.shards)."""

@@ -1,6 +1,6 @@
 """Bundles of small files (seqembed.bundles): how they are formed, what a new run keeps of a
 bundle's finished files, and how the live view counts them. The runs themselves, with a bad
-file, a killed job and a rerun: tests/workflow/test_bundles.py."""
+file, a killed job and a rerun: tests/workflow/test_bundled_runs.py."""
 
 from __future__ import annotations
 

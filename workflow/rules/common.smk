@@ -31,6 +31,13 @@ def long_sequences(wildcards):
     return long_sequences_of(wildcards.name)
 
 
+# the embed rule's long_sequences param: the same value for every file but with windows, and
+# then a function of the file (one call per job, 50,000 while a DAG of as many files is built)
+LONG_SEQUENCES = (
+    long_sequences if config["long_sequences"] == "windows" else config["truncation"]
+)
+
+
 @functools.cache
 def long_sequences_of(name):
     """Once per file while the workflow is read: its shards and its gather ask too."""

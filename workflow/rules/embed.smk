@@ -22,7 +22,7 @@ rule embed:
     # exactly the settings that change the numbers (common.smk)
     params:
         **OUTPUT_SETTINGS,
-        long_sequences=long_sequences,
+        long_sequences=LONG_SEQUENCES,
     script:
         "../../scripts/embed.py"
 
@@ -40,6 +40,6 @@ use rule embed as embed_shard with:
         shard=r"\d+-of-\d+",
     params:
         **OUTPUT_SETTINGS,
-        long_sequences=long_sequences,
+        long_sequences=LONG_SEQUENCES,
         # the bytes of the file whose records the shard owns, decided when the workflow is read
         section=lambda wildcards: section(FILES[wildcards.name], wildcards.shard),

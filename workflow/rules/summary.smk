@@ -1,6 +1,6 @@
 rule summary:
     input:
-        embeddings=[LAYOUT.embedding(name) for name in FILES],
+        embeddings=EMBEDDINGS,
         plan=LAYOUT.plan_json,
     output:
         summary=LAYOUT.summary,
