@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from seqembed.bundles import PREFIX, idle_warning, keep_finished, make_bundles
 from seqembed.job.records import last_attempt_path, read_record, receipt_path
 from seqembed.layout import RunLayout
@@ -83,3 +85,35 @@ def test_the_view_counts_a_bundle_job_as_its_files_and_its_end_as_theirs(tmp_pat
     assert display.files_to_compute == 2 + 3 + 1
     display.job_ended(f"{PREFIX}1")
     assert set(display._ended) == {"a", "b", "c"}
+
+
+def test_after_an_abort_a_bundle_starts_nothing_more_but_puts_back_what_it_kept(
+    tmp_path, tiny_model, capsys
+):
+    from unit.test_embed_job import make_job
+
+    from seqembed import runstate
+    from seqembed.job.bundle import run_bundle
+
+    jobs = []
+    for name in ("kept", "second", "third"):
+        fasta = tmp_path / f"{name}.fasta"
+        fasta.write_text(f">{name}\nMKTAYIAKQR\n")
+        jobs.append(make_job(tmp_path, fasta, tiny_model))
+    runstate.reset(jobs[0].state_dir)
+    assert [r["name"] for r in run_bundle(jobs[:1])] == ["kept"]
+    made = open(jobs[0].output, "rb").read()
+    # the next run's bundle job: Snakemake removed the output, and the run is then aborted
+    os.unlink(jobs[0].output)
+    for name in ("x", "y", "z"):
+        runstate.record_outcome(jobs[0].state_dir, name, name, "Crash", "died", attempt=1)
+    assert runstate.abort_reason(jobs[0].state_dir)
+    with pytest.raises(SystemExit) as ended:
+        run_bundle(jobs)
+    assert ended.value.code == 1
+    assert open(jobs[0].output, "rb").read() == made
+    for job in jobs[1:]:
+        assert not os.path.exists(job.output) and not os.path.exists(job.record)
+    assert "seqembed: Aborted: 2 file(s) of this bundle not started: run aborted after" in (
+        capsys.readouterr().err
+    )

@@ -27,6 +27,14 @@ def test_plan_lists_every_file_with_its_figures_and_a_device(fasta_set, tmp_path
         assert planned_device(tmp_path / "plan.tsv", name) == read[name]["device"]
     assert planned_device(tmp_path / "plan.tsv", "unknown") is None
     assert planned_device(tmp_path / "missing.tsv", "alpha") is None
+    # a name the TSV quotes (a tab, a quote) is found by reading the rows; a name that is the
+    # start of another's is not taken for it
+    odd = {'tab\tand "quote"': str(fasta_set["alpha"]), "alp": str(fasta_set["beta"])}
+    rows, _ = make_plan({**files, **odd}, ["cuda:0", "cuda:3"])
+    write_plan(rows, overview, tmp_path / "plan.tsv", tmp_path / "plan.json")
+    devices = {row["name"]: row["device"] for row in rows}
+    for name in ('tab\tand "quote"', "alp", "alpha"):
+        assert planned_device(tmp_path / "plan.tsv", name) == devices[name], name
 
 
 def record(name, device, sequences, started, finished, **extra):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+from seqembed import runstate
 from seqembed.job.attempts import restore_finished, run_or_record_failure
 from seqembed.job.embed import EmbedJob
 from seqembed.job.progress import JobProgress
@@ -16,17 +17,34 @@ from seqembed.job.records import last_attempt_path, read_record
 
 def run_bundle(jobs: list[EmbedJob]) -> list[dict]:
     """The records of the files that are done; SystemExit(1) after the last file when any
-    failed."""
-    done, failed = [], 0
+    failed or the run was aborted meanwhile. After an abort the files not yet started stay
+    so, as the jobs Snakemake did not start (the summary says why), but those an earlier run
+    finished are still put back: Snakemake removed them when this job started."""
+    done, failed, not_started = [], 0, 0
     for job in jobs:
         # only the first file computed pays for the interpreter and Snakemake's preamble
         job = dataclasses.replace(job, startup_counted=not done)
+        kept = _kept(job)
+        if kept:
+            done.append(kept)
+            continue
+        if done or failed:
+            reason = runstate.abort_reason(job.state_dir)
+            if reason:
+                not_started += 1
+                continue
         try:
-            done.append(_kept(job) or run_or_record_failure(job))
+            done.append(run_or_record_failure(job))
         except SystemExit as failure:
             failed += 1
             print(failure.code, file=sys.stderr, flush=True)
-    if failed:
+    if not_started:
+        print(
+            f"seqembed: Aborted: {not_started} file(s) of this bundle not started: {reason}",
+            file=sys.stderr,
+            flush=True,
+        )
+    if failed or not_started:
         raise SystemExit(1)
     return done
 

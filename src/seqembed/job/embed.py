@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import os
 import resource
 import socket
@@ -78,13 +79,30 @@ def planned_device(tsv: str | os.PathLike, name: str, shard: str | None = None) 
     the plan rule may still be running when the first jobs start."""
     try:
         with open(tsv, newline="") as handle:
-            for row in csv.DictReader(handle, delimiter="\t"):
-                if row["name"] == name:
-                    devices = row["device"].split(",")
-                    index = parse_label(shard)[0] - 1 if shard else 0
-                    return devices[index] if index < len(devices) else None
+            text = handle.read()
+        row = _plan_row(text, name)
+        if row is None:
+            return None
+        devices = row["device"].split(",")
+        index = parse_label(shard)[0] - 1 if shard else 0
+        return devices[index] if index < len(devices) else None
     except (OSError, KeyError, ValueError, csv.Error):
         return None
+
+
+def _plan_row(text: str, name: str) -> dict | None:
+    """The plan's row of `name`: found by its line's start, where the name needs no quoting
+    (one search through the text, where parsing every row cost every job 15 ms at 10,000
+    files), else by reading the rows."""
+    header, _, _ = text.partition("\n")
+    start = text.find(f"\n{name}\t")
+    if start >= 0 and not any(char in name for char in '\t\n\r"'):
+        end = text.find("\n", start + 1)
+        line = text[start + 1 : end if end >= 0 else len(text)]
+        return next(csv.DictReader([header, line], delimiter="\t"))
+    for row in csv.DictReader(io.StringIO(text), delimiter="\t"):
+        if row["name"] == name:
+            return row
     return None
 
 
