@@ -230,7 +230,7 @@ def test_summary_reaches_the_terminal_when_it_cannot_be_written(tmp_path, capsys
 def test_finished_embeddings_removed_with_their_failed_group_are_put_back(tmp_path, capsys):
     import os
 
-    from seqembed.job.records import input_stamp, keep_receipt
+    from seqembed.job.records import code_stamp, input_stamp, keep_receipt
     from seqembed.output import write_json
     from seqembed.report.summary import exit_code_after_failure
 
@@ -238,7 +238,7 @@ def test_finished_embeddings_removed_with_their_failed_group_are_put_back(tmp_pa
     settings = {"model": "m", "layers": "last"}
     inputs = tmp_path / "in"
     inputs.mkdir()
-    for name in "abc":
+    for name in "abcd":
         path = inputs / f"{name}.fasta"
         path.write_text(f">{name}\nMKV\n")
         files[name] = str(path)
@@ -246,15 +246,18 @@ def test_finished_embeddings_removed_with_their_failed_group_are_put_back(tmp_pa
         Path(output).write_bytes(name.encode())
         done = record(name, "cuda:0", 1, 1e12, 1e12 + 1.0, output=output)
         done.update(file=str(path), input=input_stamp(str(path)), settings=settings)
+        # d was made by other code (seqembed before an upgrade)
+        done.update(code=code_stamp() if name != "d" else "other code")
         write_json(layout.record(name), done)
         keep_receipt(layout.state, name, output)
-    # Snakemake removed all three when another file of their group failed; c's input has
-    # changed since: its old embedding must not come back
-    for name in "abc":
+    # Snakemake removed all four when another file of their group failed; c's input has
+    # changed since: its old embedding must not come back, nor d's
+    for name in "abcd":
         os.unlink(layout.embedding(name))
     (inputs / "c.fasta").write_text(">c\nMKVLL\n")
     assert exit_code_after_failure(layout, files, settings) == 2
     assert Path(layout.embedding("a")).read_bytes() == b"a"
     assert Path(layout.embedding("b")).read_bytes() == b"b"
     assert not Path(layout.embedding("c")).exists()
+    assert not Path(layout.embedding("d")).exists()
     assert "2 finished embedding(s) that Snakemake removed" in capsys.readouterr().out

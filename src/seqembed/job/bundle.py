@@ -20,19 +20,20 @@ def run_bundle(jobs: list[EmbedJob]) -> list[dict]:
     failed or the run was aborted meanwhile. After an abort the files not yet started stay
     so, as the jobs Snakemake did not start (the summary says why), but those an earlier run
     finished are still put back: Snakemake removed them when this job started."""
-    done, failed, not_started = [], 0, 0
+    done, failed, not_started, computed = [], 0, 0, 0
+    aborted = None
     for job in jobs:
         # only the first file computed pays for the interpreter and Snakemake's preamble
-        job = dataclasses.replace(job, startup_counted=not done)
+        job = dataclasses.replace(job, startup_counted=not computed)
         kept = _kept(job)
         if kept:
             done.append(kept)
             continue
-        if done or failed:
-            reason = runstate.abort_reason(job.state_dir)
-            if reason:
-                not_started += 1
-                continue
+        aborted = runstate.abort_reason(job.state_dir)
+        if aborted:
+            not_started += 1
+            continue
+        computed += 1
         try:
             done.append(run_or_record_failure(job))
         except SystemExit as failure:
@@ -40,7 +41,7 @@ def run_bundle(jobs: list[EmbedJob]) -> list[dict]:
             print(failure.code, file=sys.stderr, flush=True)
     if not_started:
         print(
-            f"seqembed: Aborted: {not_started} file(s) of this bundle not started: {reason}",
+            f"seqembed: Aborted: {not_started} file(s) of this bundle not started: {aborted}",
             file=sys.stderr,
             flush=True,
         )

@@ -34,7 +34,7 @@ from seqembed.errors import Aborted, Crash
 from seqembed.fasta import read_fasta
 from seqembed.job.handoff import compute
 from seqembed.job.progress import JobProgress, news_level, say
-from seqembed.job.records import input_stamp, keep_receipt, write_record
+from seqembed.job.records import code_stamp, input_stamp, keep_receipt, write_record
 from seqembed.lock_holders import holder_line
 from seqembed.output import commit, is_temporary_of, output_error, stale_temporaries
 from seqembed.shards import parse_label
@@ -228,6 +228,7 @@ def run_embed_job(job: EmbedJob, *, avoid: list[str] = (), history: list[dict] =
         "output": job.output,
         "input": input_stamp(job.fasta),
         "settings": job.settings,
+        "code": code_stamp(),
         "shard": job.shard,
         "section": list(job.section) if job.shard else None,
         "device": label if lengths else None,

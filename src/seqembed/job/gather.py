@@ -18,6 +18,7 @@ from seqembed.compute.gather import gather
 from seqembed.errors import classify, failure_line
 from seqembed.job.attempts import count_failure
 from seqembed.job.records import (
+    code_stamp,
     input_stamp,
     keep_receipt,
     read_record,
@@ -68,6 +69,7 @@ def run_gather_job(job: GatherJob) -> dict:
         "output": job.output,
         "input": input_stamp(job.fasta),
         "settings": job.settings,
+        "code": code_stamp(),
         "shards": job.labels,
         "device": None,
         "host": socket.gethostname(),

@@ -14,6 +14,8 @@ settings, this run's), so a packed group with one bad file fails only that file.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -46,6 +48,20 @@ def write_record(record_path: str, state_dir: str, record: dict) -> None:
             raise output_error(path, error) from None
 
 
+@functools.cache
+def code_stamp() -> str:
+    """What made an embedding besides its input and settings: this package's code, as its
+    files' names, sizes and modification times (a few dozen stats, once per process). A
+    receipt made by other code is not put back: after an upgrade Snakemake runs a bundle
+    again for its script's newer time, and its files must then be computed anew."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
 def input_stamp(path: str) -> dict | None:
     """What makes an embedding stale besides the settings: the input file as it is now."""
     try:
@@ -73,8 +89,8 @@ def _run_wide(settings: dict | None) -> dict:
 
 
 def restore(record: dict | None, state_dir: str, settings: dict) -> bool:
-    """Put back the embedding of a `done` record that Snakemake removed, when the input and the
-    settings are those it was made with; True when the file is there afterwards."""
+    """Put back the embedding of a `done` record that Snakemake removed, when the input, the
+    settings and the code are those it was made with; True when the file is there afterwards."""
     if not record or record.get("status") != "done":
         return False
     output = Path(record["output"])
@@ -83,6 +99,7 @@ def restore(record: dict | None, state_dir: str, settings: dict) -> bool:
     receipt = receipt_path(state_dir, record["name"])
     if (
         record.get("input") != input_stamp(record["file"])
+        or record.get("code") != code_stamp()
         or _run_wide(record.get("settings")) != _run_wide(settings)
         or not receipt.is_file()
     ):
