@@ -165,7 +165,7 @@ def test_an_abort_stops_the_submitting_snakemake(tmp_path, tiny_model, slurm_con
     assert result.returncode == 1, result.stderr[-3000:]
     lines = failed_lines(workdir)
     failed = sorted(line.split("|")[0] for line in lines if "|OOM|" in line)
-    assert len(failed) == 3
+    assert len(failed) == 3, lines
     aborted = [line.split("|")[0] for line in lines if "|Aborted|" in line]
     assert len(aborted) == 4
     assert "seqembed: run aborted after 3 runtime failures in a row" in result.stdout

@@ -261,3 +261,25 @@ def test_finished_embeddings_removed_with_their_failed_group_are_put_back(tmp_pa
     assert not Path(layout.embedding("c")).exists()
     assert not Path(layout.embedding("d")).exists()
     assert "2 finished embedding(s) that Snakemake removed" in capsys.readouterr().out
+
+
+def test_a_job_stopped_between_its_counted_failure_and_its_record_fails_as_it_said(tmp_path):
+    # the job that declares the abort is cancelled (SLURM's scancel, Snakemake's Ctrl-C)
+    # before its record says what the event log already does: its failure, not the abort
+    import time
+
+    from seqembed import runstate
+    from seqembed.output import write_json
+    from seqembed.report.outcomes import outcomes
+
+    layout, files = earlier_run(tmp_path)
+    now = time.time()
+    for name in "ab":
+        running = {**record(name, "cuda:0", 10, now, now), "status": "running", "attempt": 1}
+        write_json(layout.record(name), running)
+    # a's attempt 1 failed and said so; b only ran
+    runstate.record_outcome(layout.state, "a", "in/a.fasta", "OOM", "too large", attempt=1)
+    found, _ = outcomes(layout, files, aborted="run aborted", since=now - 1)
+    assert (found["a"]["status"], found["a"]["error_type"]) == ("failed", "OOM")
+    assert found["a"]["error_message"] == "too large"
+    assert found["b"]["status"] == "running"  # the summary counts it as stopped by the abort

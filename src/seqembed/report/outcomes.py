@@ -58,6 +58,18 @@ def outcomes(
         if Path(layout.embedding(name)).exists():
             continue  # done; without a record, summarize counts it as "missing"
         this_run = record is not None and _this_run(record, since)
+        if this_run and record["status"] == "running":
+            event = failures.get(name)
+            if event is not None and event.get("attempt") == record.get("attempt"):
+                # it failed and said so in the event log, and was stopped (the abort it
+                # declared itself, SLURM's cancel) before its record could say so too
+                records[name] = {
+                    **record,
+                    "status": "failed",
+                    "error_type": event["error_type"],
+                    "error_message": event["message"],
+                }
+            continue
         if this_run and record["status"] != "done":
             continue  # its failure, as its record tells it
         if this_run and settings is not None and restore(record, layout.state, dict(settings)):
