@@ -393,7 +393,7 @@ def main() -> None:
             seconds=seconds,
         )
         figures["fair_esm_fp32_tokens_per_s"] = run_fair_esm_fp32(
-            path, records, device, seconds_cap=5 if smoke else 30
+            path, records, device, seconds_cap=2 if smoke else 30
         )
         if not smoke:
             torch.cuda.empty_cache()

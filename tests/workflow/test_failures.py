@@ -69,17 +69,6 @@ def test_malformed_file_fails_alone_and_a_rerun_after_the_fix_redoes_only_it(wor
     assert torch.load(workdir / "results" / "embeddings" / "broken.pt")["ids"] == ["a", "b"]
 
 
-def test_empty_file_is_a_valid_empty_output(workdir):
-    (workdir / "fasta" / "empty.fasta").write_text("")
-    result = snakemake(workdir)
-    assert result.returncode == 0, result.stderr
-    empty = torch.load(workdir / "results" / "embeddings" / "empty.pt")
-    assert empty["ids"] == []
-    assert empty["mean_representations"][3].shape == (0, 32)
-    assert record(workdir, "empty")["device"] is None
-    assert failed_lines(workdir) == []
-
-
 def test_layers_the_model_does_not_have_stop_the_run_before_any_job(workdir):
     result = snakemake(workdir, "--config", "layers=[12]")
     assert result.returncode == 1
@@ -252,11 +241,19 @@ def test_second_snakemake_in_the_same_folder_is_refused_and_the_first_finishes(w
     assert failed_lines(workdir) == []
 
 
-def test_quiet_prints_errors_and_the_final_table_only(workdir):
+def test_quiet_prints_errors_and_the_final_table_only_and_an_empty_file_is_no_error(workdir):
     (workdir / "fasta" / "broken.fasta").write_text(">a\nMKV\n>b\nMK7V\n")
+    # one run for both (each run costs seconds): an empty file is a valid, empty output
+    (workdir / "fasta" / "empty.fasta").write_text("")
     result = snakemake(workdir, "--config", "verbosity=quiet")
     assert result.returncode == 2, result.stderr
     assert "seqembed: InputError: fasta/broken.fasta: line 4" in result.stderr
     for chatter in ("seqembed  files", "Job stats", "Building DAG", "rule embed", "sequences on"):
         assert chatter not in result.stderr, chatter
-    assert re.search(r"^total +4 ", result.stdout, re.M), result.stdout
+    # the four good files and the empty one (on no device)
+    assert re.search(r"^total +5 ", result.stdout, re.M), result.stdout
+    empty = torch.load(workdir / "results" / "embeddings" / "empty.pt")
+    assert empty["ids"] == []
+    assert empty["mean_representations"][3].shape == (0, 32)
+    assert record(workdir, "empty")["device"] is None
+    assert [line.split("|")[0] for line in failed_lines(workdir)] == ["fasta/broken.fasta"]
