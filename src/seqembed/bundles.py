@@ -28,31 +28,28 @@ from seqembed.job.records import last_attempt_path, read_record, receipt_path
 PREFIX = "embed_bundle_"
 
 
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0  # unreadable: its own job says why
+def file_sizes(files: Mapping[str, str]) -> dict[str, int]:
+    """name -> bytes on disk, read once while the workflow is read: the jobs' priorities,
+    the plan's, and the bundles all order by it."""
+    sizes = {}
+    for name, path in files.items():
+        try:
+            sizes[name] = os.path.getsize(path)
+        except OSError:
+            sizes[name] = 0  # unreadable: its own job says why
+    return sizes
 
 
 def make_bundles(
-    files: Mapping[str, str], bundle_size: int, sharded: Collection[str] = ()
+    sizes: Mapping[str, int], bundle_size: int, sharded: Collection[str] = ()
 ) -> dict[str, list[str]]:
-    """rule name -> the names of its files; {} when bundling is off (0 or 1). Sharded files
-    are never bundled."""
+    """rule name -> the names of its files (`sizes`: name -> bytes, `file_sizes`); {} when
+    bundling is off (0 or 1). Sharded files are never bundled."""
     if not bundle_size or bundle_size <= 1:
         return {}
-    names = sorted(
-        (name for name in files if name not in sharded),
-        key=lambda name: (-_size(files[name]), name),
-    )
+    names = sorted((name for name in sizes if name not in sharded), key=lambda n: (-sizes[n], n))
     chunks = [names[start : start + bundle_size] for start in range(0, len(names), bundle_size)]
     return {f"{PREFIX}{index}": chunk for index, chunk in enumerate(chunks, 1)}
-
-
-def bundle_bytes(files: Mapping[str, str], names: list[str]) -> int:
-    """A bundle's priority: its files' bytes, as a file's is its own."""
-    return sum(_size(files[name]) for name in names)
 
 
 def keep_finished(layout, bundles: Mapping[str, list[str]]) -> int:

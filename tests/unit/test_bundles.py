@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from seqembed.bundles import PREFIX, idle_warning, keep_finished, make_bundles
+from seqembed.bundles import PREFIX, file_sizes, idle_warning, keep_finished, make_bundles
 from seqembed.job.records import last_attempt_path, read_record, receipt_path
 from seqembed.layout import RunLayout
 from seqembed.output import write_json
@@ -26,7 +26,9 @@ def sized_files(folder, sizes: dict[str, int]) -> dict[str, str]:
 
 
 def test_bundles_take_the_files_largest_first_and_never_a_sharded_one(tmp_path):
-    files = sized_files(tmp_path, {"a": 10, "b": 50, "c": 30, "d": 30, "e": 5, "big": 900})
+    files = file_sizes(
+        sized_files(tmp_path, {"a": 10, "b": 50, "c": 30, "d": 30, "e": 5, "big": 900})
+    )
     assert make_bundles(files, 2, sharded={"big": 4}) == {
         f"{PREFIX}1": ["b", "c"],  # ties by name
         f"{PREFIX}2": ["d", "a"],

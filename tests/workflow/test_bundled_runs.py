@@ -23,7 +23,7 @@ from helpers import (
     summary_checked,
 )
 
-from seqembed.bundles import make_bundles
+from seqembed.bundles import file_sizes, make_bundles
 from seqembed.run.config import input_files, validate_config
 
 pytestmark = pytest.mark.workflow
@@ -36,7 +36,7 @@ def bundles_of(workdir) -> dict[str, list[str]]:
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     config["input_dir"] = str(workdir / "fasta")
     config = validate_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
-    return make_bundles(input_files(config), config["bundle_size"])
+    return make_bundles(file_sizes(input_files(config)), config["bundle_size"])
 
 
 def test_bundles_fail_resume_and_rerun_per_file(tmp_path, tiny_model):

@@ -11,7 +11,7 @@ for bundle, names in BUNDLES.items():
             embeddings=[LAYOUT.embedding(name) for name in names],
         log:
             records=[LAYOUT.record(name) for name in names],
-        priority: bundle_bytes(FILES, names)
+        priority: bundle_bytes(names)
         retries: 2
         conda:
             ENV

@@ -1,12 +1,11 @@
 import functools
-import os
 import re
 
 from seqembed.compute.backends import resolve_precision
 from seqembed.devices import gpu_pool
 from seqembed.run.config import output_settings
 from seqembed.run.long_sequences import long_sequence_param
-from seqembed.bundles import bundle_bytes, make_bundles
+from seqembed.bundles import file_sizes, make_bundles
 from seqembed.shards import labels, section, shard_counts, shard_regex
 
 ENV = "../../envs/seqembed.yaml"
@@ -69,12 +68,14 @@ wildcard_constraints:
 # name -> shards, for the files computed in more than one (config shard_size): known from
 # the files' sizes alone, so every reading of the workflow finds the same
 SHARDS = shard_counts(FILES, config["shard_size"])
+# name -> bytes: what the jobs' and the bundles' priorities are made of
+SIZES = file_sizes(FILES)
 # the names whose output the gather writes, and (by a look-ahead over the rest of the output's
 # name, or over the name alone) those whose embed job writes it
 SHARDED = shard_regex(SHARDS)
 # rule name -> the files it computes, for the other files in jobs of up to bundle_size
 # (seqembed.bundles): with bundles, every file that is not sharded is in one
-BUNDLES = make_bundles(FILES, config["bundle_size"], SHARDS)
+BUNDLES = make_bundles(SIZES, config["bundle_size"], SHARDS)
 WHOLE = (
     r"(?!)"
     if BUNDLES
@@ -86,15 +87,15 @@ def input_size(wildcards):
     """Embed priority: the largest jobs start first (longest-processing-time order); the
     size in bytes stands in for the residues, known without reading the file, and a shard
     counts its share of it."""
-    return os.path.getsize(FILES[wildcards.name]) // SHARDS.get(wildcards.name, 1)
+    return SIZES[wildcards.name] // SHARDS.get(wildcards.name, 1)
 
 
-# the plan first, then the files largest first
+def bundle_bytes(names):
+    """A bundle's priority: its files' bytes, as a file's is its own."""
+    return sum(SIZES[name] for name in names)
+
+
+# the plan first, then the files (or bundles) largest first
 PLAN_PRIORITY = (
-    max(
-        [os.path.getsize(path) for path in FILES.values()]
-        + [bundle_bytes(FILES, names) for names in BUNDLES.values()],
-        default=0,
-    )
-    + 1
+    max([*SIZES.values(), *map(bundle_bytes, BUNDLES.values())], default=0) + 1
 )

@@ -33,7 +33,7 @@ from seqembed.errors import (
     failure_line,
 )
 from seqembed.job.embed import EmbedJob, run_embed_job
-from seqembed.job.progress import publish_outcome
+from seqembed.job.progress import JobProgress, publish_outcome
 from seqembed.job.records import last_attempt_path, read_record, restore, write_record
 
 #: failures that may be the device's fault: a retry stays away from the device
@@ -109,6 +109,9 @@ def restore_finished(job: EmbedJob, done: dict) -> dict | None:
     }
     with contextlib.suppress(OutputError):
         write_record(job.record, job.state_dir, record)
+    # the live view counts it done, also where no attempt of this run computed it
+    progress = JobProgress(job.state_dir, job.name, file=job.fasta, attempt=job.attempt)
+    progress.update(status="done", total=record.get("sequences"), done=record.get("sequences"))
     return record
 
 

@@ -11,7 +11,6 @@ import sys
 from seqembed import runstate
 from seqembed.job.attempts import restore_finished, run_or_record_failure
 from seqembed.job.embed import EmbedJob
-from seqembed.job.progress import JobProgress
 from seqembed.job.records import last_attempt_path, read_record
 
 
@@ -56,8 +55,4 @@ def _kept(job: EmbedJob) -> dict | None:
     previous = read_record(last_attempt_path(job.state_dir, job.name))
     if not previous or previous.get("status") != "done":
         return None
-    record = restore_finished(job, previous)
-    if record:
-        progress = JobProgress(job.state_dir, job.name, file=job.fasta, attempt=job.attempt)
-        progress.update(status="done", total=record.get("sequences"), done=record.get("sequences"))
-    return record
+    return restore_finished(job, previous)
