@@ -6,6 +6,7 @@ HfBackend."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Protocol
 
 from seqembed.compute.hf_models import DNA_ALPHABET, is_hf_model, is_protein_model
@@ -162,6 +163,24 @@ def torch_dtype(precision: str, device: str):
     return dtype, choice.reason
 
 
+#: on the CPU, products of different row counts each get a compiled oneDNN kernel of 0.1-2 MB,
+#: kept in two caches (oneDNN's and ideep's, torch's wrapper) of 1,024 entries by default: a
+#: resident worker grew by megabytes per file until they filled (in bf16, 780 MB over 50
+#: files of 4-16 proteins). 16 holds the four products of 4 row counts. Batches come longest
+#: first, so row counts repeat in runs: a file of 1,880 proteins of 50-600 residues (22 row
+#: counts: compute.backends.cpu_layers pads positions to multiples of 16) builds kernels for
+#: 38 of its 1,412 batches, 16 more than an unbounded cache, a few ms each
+KERNEL_CACHE_ENTRIES = 16
+KERNEL_CACHES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+
+
+def bound_kernel_caches() -> None:
+    """Before a model's first product: the caches read their size when first used (a user's
+    own setting wins). On a GPU they are never used."""
+    for setting in KERNEL_CACHES:
+        os.environ.setdefault(setting, str(KERNEL_CACHE_ENTRIES))
+
+
 def load_backend(
     model: str,
     *,
@@ -174,6 +193,7 @@ def load_backend(
 ) -> Backend:
     """fair-esm's checkpoints and hub names through fair-esm; Hugging Face folders and hub ids
     through transformers. Imports torch."""
+    bound_kernel_caches()
     options = {"device": device, "precision": precision, "truncation": truncation}
     if is_hf_model(model):
         from seqembed.compute.backends.hf import HfBackend

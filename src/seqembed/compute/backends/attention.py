@@ -53,7 +53,7 @@ class FusedSelfAttention(MultiheadAttention):
         heads, head_width = self.num_heads, self.head_dim
         # q, k and v in one matrix product, laid out as the kernel reads them: (3, B, H, T, d)
         # in one copy (the kernels ran slower on strided views, both on this CPU)
-        qkv = F.linear(query, self.qkv_weight, self.qkv_bias)
+        qkv = self.qkv(query)
         qkv = qkv.view(length, batch, 3, heads, head_width).permute(2, 1, 3, 0, 4).contiguous()
         q, k, v = qkv.unbind(dim=0)
         if self.rot_emb:
@@ -91,13 +91,25 @@ def keep_rotary_in_fp32(network: torch.nn.Module) -> None:
             module._seq_len_cached = None
 
 
+class Projection(torch.nn.Module):
+    """x W^T + b over weights that exist already (nn.Linear would first make and initialise
+    its own); they are not parameters: the state dict keeps fair-esm's names."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
 def fuse_projections(module: MultiheadAttention) -> None:
     """q, k and v weights (and biases) as one (3E, E) matrix; the three projections keep
     theirs as views of it, so fair-esm's own path (contacts) and the state dict see the same
     numbers and no memory is doubled."""
     weight = torch.cat([module.q_proj.weight, module.k_proj.weight, module.v_proj.weight])
     bias = torch.cat([module.q_proj.bias, module.k_proj.bias, module.v_proj.bias])
-    module.qkv_weight, module.qkv_bias = weight, bias
+    module.qkv = Projection(weight, bias)
     for index, projection in enumerate((module.q_proj, module.k_proj, module.v_proj)):
         rows = slice(index * module.embed_dim, (index + 1) * module.embed_dim)
         projection.weight = torch.nn.Parameter(weight[rows], requires_grad=False)

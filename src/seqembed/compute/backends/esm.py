@@ -25,6 +25,7 @@ from seqembed.compute.backends import (
     torch_dtype,
 )
 from seqembed.compute.backends.attention import use_fused_attention
+from seqembed.compute.backends.cpu_layers import pack_layers, packing_available, padded_positions
 from seqembed.compute.models import cached_checkpoint, is_checkpoint_path
 from seqembed.errors import ReadError
 
@@ -151,6 +152,9 @@ class EsmBackend:
     extra_tokens = 2  # BOS + EOS
     #: why the network runs in its dtype (seqembed.precision), for the records
     precision_reason = ""
+    #: batches padded to a multiple of 16 positions for the CPU's attention kernel
+    #: (compute.backends.cpu_layers), which come with the packed layers
+    packed = False
 
     def __init__(
         self, network, alphabet, name: str, device: str, dtype, truncation: int, pooling="auto"
@@ -188,6 +192,8 @@ class EsmBackend:
         network.lm_head = torch.nn.Identity()
         backend = cls(network, alphabet, name, device, dtype, truncation, pooling)
         backend.precision_reason = reason
+        if backend.device.type == "cpu" and packing_available(dtype):
+            backend.packed = pack_layers(network) > 0
         return backend
 
     def resolve_layers(self, layers) -> list[int]:
@@ -211,6 +217,8 @@ class EsmBackend:
 
     def prepare(self, sequences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, lengths = self.tokenize(sequences)
+        if self.packed:
+            tokens = padded_positions(tokens, self.esm_alphabet.padding_idx)
         if self.device.type == "cuda":
             # page-locked: the copy to the GPU runs without blocking this thread
             tokens, lengths = tokens.pin_memory(), lengths.pin_memory()
@@ -225,12 +233,12 @@ class EsmBackend:
         row, [B, longest L, D] in the model's precision (rows past a sequence's end are
         padding; the caller cuts them)."""
         tokens, lengths = prepared
+        # the residues of the longest row (the batch may carry padding beyond it)
+        longest = int(lengths.max()) if len(lengths) else 0
         tokens = tokens.to(self.device, non_blocking=True)
         lengths = lengths.to(self.device, non_blocking=True)
         out = self.network(tokens, repr_layers=layers, return_contacts=False)
         pooled_over = letter_pooling_mask(lengths, tokens.shape[1], self.pooling)
-        # tokens are padded to the longest row: BOS, its residues, EOS
-        longest = tokens.shape[1] - self.extra_tokens
         return select_outputs(out["representations"], layers, include, pooled_over, longest)
 
     def embed(self, sequences: list[str], layers: list[int]) -> dict[int, torch.Tensor]:

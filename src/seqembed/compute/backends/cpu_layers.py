@@ -1,0 +1,110 @@
+"""ESM-2's layers on a CPU: matrix products through oneDNN with weights packed once at load,
+bias and GELU inside the product, and batches as long as the attention kernel computes fastest.
+
+Measured on this kind of CPU (docs/benchmarks.md, "The forward pass on the CPU"):
+- torch's dense bf16 `linear` hands MKL the plain weight matrix on every call, and MKL lays it
+  out for the matrix units again each time; oneDNN's packed weights (the ones torch.compile's
+  CPU backend makes, `torch.ops.mkldnn`) are laid out once. With the bias and GELU applied
+  inside the product, fair-esm's GELU (four passes over the 4E-wide activation) is gone too.
+- torch's CPU flash-attention kernel runs its softmax in 16-float vectors and finishes each
+  row's remainder one number at a time (libm's exp): a batch padded to a multiple of 16
+  positions computes 1.2-2.3x faster than one a few positions shorter.
+
+fp32 stays within fair-esm's tolerances (1e-5, tests/unit/test_cpu_layers.py); bf16 within
+bf16's. The dense weights are replaced, not copied: a packed network serves embeddings only
+(fair-esm's attention-weight path, contacts, is not available in it; seqembed never asks).
+"""
+
+from __future__ import annotations
+
+import torch
+from esm.modules import TransformerLayer
+
+from seqembed.compute.backends.attention import FusedSelfAttention
+
+#: the dtypes oneDNN packs here; fp16 on a CPU stays on torch's dense path
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
+#: positions per batch row are padded to a multiple of this on the CPU (the kernel's vector)
+POSITION_MULTIPLE = 16
+#: the rows (tokens) per product oneDNN's weight layout is chosen for: the CPU batch budget
+ROWS_HINT = 512
+
+
+class PackedLinear(torch.nn.Module):
+    """x W^T + b, then `activation` ("none" or "gelu", exact erf GELU as fair-esm's), in one
+    oneDNN product over a weight packed once for this CPU."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, activation: str = "none"):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ROWS_HINT)
+        self.bias = bias.detach().clone()
+        self.activation = activation
+        # oneDNN's name of the GELU: exact (erf), not the tanh approximation
+        self.algorithm = "none" if activation == "gelu" else ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(
+            x, self.packed_weight, self.bias, self.activation, [], self.algorithm
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.out_features}, activation={self.activation}"
+
+
+class PackedTransformerLayer(TransformerLayer):
+    """fair-esm's pre-norm layer over packed products: fc1 carries the GELU, and the second
+    residual is added in place into the layer's own new tensor (never into its input, which
+    fair-esm keeps as the previous layer's representation)."""
+
+    def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_head_weights=False):
+        if need_head_weights or self_attn_mask is not None:
+            raise NotImplementedError(
+                "attention weights and masks are not computed by seqembed's packed CPU layers"
+            )
+        normed = self.self_attn_layer_norm(x)
+        attended, _ = self.self_attn(
+            query=normed, key=normed, value=normed, key_padding_mask=self_attn_padding_mask
+        )
+        x = x + attended
+        x.add_(self.fc2(self.fc1(self.final_layer_norm(x))))
+        return x, None
+
+
+def packing_available(dtype: torch.dtype) -> bool:
+    return (
+        dtype in PACKED_DTYPES
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def pack_layers(network: torch.nn.Module) -> int:
+    """Switch the fused-attention ESM-2 layers of a CPU `network` to packed products in place;
+    returns how many layers were switched. Each layer is switched whole, after its packed
+    products exist, so a failure leaves earlier layers packed and later ones dense: both
+    compute the same function."""
+    switched = 0
+    for layer in network.modules():
+        if type(layer) is not TransformerLayer or type(layer.self_attn) is not FusedSelfAttention:
+            continue
+        attention = layer.self_attn
+        qkv = PackedLinear(attention.qkv.weight, attention.qkv.bias)
+        out = PackedLinear(attention.out_proj.weight, attention.out_proj.bias)
+        fc1 = PackedLinear(layer.fc1.weight, layer.fc1.bias, activation="gelu")
+        fc2 = PackedLinear(layer.fc2.weight, layer.fc2.bias)
+        attention.qkv, attention.out_proj, layer.fc1, layer.fc2 = qkv, out, fc1, fc2
+        # q/k/v's own views only served fair-esm's attention-weight path
+        del attention.q_proj, attention.k_proj, attention.v_proj
+        layer.__class__ = PackedTransformerLayer
+        switched += 1
+    return switched
+
+
+def padded_positions(tokens: torch.Tensor, padding: int) -> torch.Tensor:
+    """`tokens` [B, T] with padding columns up to a multiple of POSITION_MULTIPLE: masked
+    keys that no residue attends to and no mean includes."""
+    extra = -tokens.shape[1] % POSITION_MULTIPLE
+    if not extra:
+        return tokens
+    return torch.nn.functional.pad(tokens, (0, extra), value=padding)

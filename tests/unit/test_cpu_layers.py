@@ -1,0 +1,89 @@
+"""ESM-2 on the CPU through oneDNN's packed products and 16-position batches, against
+fair-esm's own model code in fp32 (the tolerances of the fused attention's test)."""
+
+import argparse
+import random
+
+import esm
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqembed.compute.backends.cpu_layers import (
+    POSITION_MULTIPLE,
+    PackedLinear,
+    PackedTransformerLayer,
+    padded_positions,
+)
+from seqembed.compute.backends.esm import EsmBackend
+from seqembed.demo import random_protein
+
+
+def test_a_packed_product_is_torchs_linear_and_exact_gelu():
+    generator = torch.Generator().manual_seed(2)
+    weight, bias = torch.randn(96, 40, generator=generator), torch.randn(96, generator=generator)
+    product, with_gelu = PackedLinear(weight, bias), PackedLinear(weight, bias, "gelu")
+    for rows in (1, 7, 16, 130):  # the weight is packed once, for any number of rows
+        x = torch.randn(rows, 40, generator=generator)
+        expected = F.linear(x, weight, bias)
+        assert (product(x) - expected).abs().max().item() <= 1e-4
+        # fair-esm's GELU, x * 0.5 * (1 + erf(x / sqrt 2)), not the tanh approximation
+        fair_gelu = expected * 0.5 * (1.0 + torch.erf(expected / 2**0.5))
+        assert (with_gelu(x) - fair_gelu).abs().max().item() <= 1e-4
+    assert product(torch.randn(3, 5, 40)).shape == (3, 5, 96)  # (T, B, E) as fair-esm's
+
+
+def test_batches_are_padded_to_the_attention_kernels_multiple():
+    tokens = torch.ones(3, 37, dtype=torch.long)
+    padded = padded_positions(tokens, padding=1)
+    assert padded.shape == (3, 48) and 48 % POSITION_MULTIPLE == 0
+    aligned = torch.ones(2, 64, dtype=torch.long)
+    assert padded_positions(aligned, padding=1) is aligned
+
+
+def test_packed_layers_match_fair_esm_in_fp32(tiny_model):
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    reference, alphabet = esm.pretrained.load_model_and_alphabet_local(str(tiny_model))
+    backend = EsmBackend.load(str(tiny_model), device="cpu", precision="fp32", truncation=1022)
+    assert backend.packed
+    layers = backend.network.layers
+    assert all(type(layer) is PackedTransformerLayer for layer in layers)
+    assert not hasattr(layers[0].self_attn, "q_proj")  # replaced, not kept twice
+    rng = random.Random(5)
+    # mixed lengths, none a multiple of 16: fair-esm's batch is shorter than seqembed's
+    sequences = [random_protein(rng, length) for length in (5, 37, 61, 200, 130, 17)]
+    _, _, tokens = alphabet.get_batch_converter(1022)(
+        [(str(i), s) for i, s in enumerate(sequences)]
+    )
+    with torch.no_grad():
+        expected = reference.eval()(tokens, repr_layers=[1, 3])["representations"]
+    got = backend.forward(backend.prepare(sequences), [1, 3], ("mean", "per_tok"))
+    for layer in (1, 3):
+        per_residue = got["per_tok"][layer]
+        assert per_residue.shape == (6, 200, 32)  # the longest protein, not the padded batch
+        for row, sequence in enumerate(sequences):
+            fair = expected[layer][row, 1 : len(sequence) + 1]
+            assert (per_residue[row, : len(sequence)] - fair).abs().max().item() <= 1e-5
+            mean = got["mean"][layer][row]
+            assert (mean - fair.mean(0)).abs().max().item() <= 1e-5
+
+
+def test_bf16_packed_layers_stay_within_bf16s_error(tiny_model):
+    rng = random.Random(7)
+    sequences = [random_protein(rng, rng.randint(20, 300)) for _ in range(12)]
+    means = {}
+    for precision in ("fp32", "bf16"):
+        backend = EsmBackend.load(
+            str(tiny_model), device="cpu", precision=precision, truncation=1022
+        )
+        assert backend.packed
+        means[precision] = backend.embed(sequences, [3])[3]
+    relative = (means["bf16"] - means["fp32"]).norm(dim=1) / means["fp32"].norm(dim=1)
+    assert 0 < relative.max().item() <= 0.02  # the documented bf16 bound (README, Precision)
+
+
+def test_a_packed_network_refuses_attention_weights(tiny_model):
+    backend = EsmBackend.load(str(tiny_model), device="cpu", precision="fp32", truncation=1022)
+    tokens, _ = backend.prepare(["MKTAYIAKQR"])
+    with pytest.raises(NotImplementedError, match="attention weights"):
+        backend.network(tokens, return_contacts=True)
