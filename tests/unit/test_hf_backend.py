@@ -39,6 +39,8 @@ def test_esm2_through_transformers_equals_the_fair_esm_backend(hf_esm, tiny_mode
     esm = EsmBackend.load(str(tiny_model), device="cpu", precision="fp32", truncation=1022)
     assert (hf.name, hf.num_layers, hf.embed_dim, hf.pooling) == ("tiny-esm2", 3, 32, "residues")
     assert hf.alphabet == PROTEIN_ALPHABET and alphabet_for(str(hf_esm)) == PROTEIN_ALPHABET
+    # on the CPU both compute through packed products, in batches padded to 16 positions
+    assert hf.packed and esm.packed
     sequences = proteins()
     assert hf.token_counts(sequences) == esm.token_counts(sequences)
     kinds = ("mean", "bos", "per_tok")
@@ -75,6 +77,8 @@ def test_dna_model_equals_transformers_one_sequence_at_a_time(fixture, request):
     )
     assert backend.alphabet == DNA_ALPHABET and backend.pooling == "all_tokens"
     assert alphabet_for(str(folder)) == DNA_ALPHABET
+    # transformers' own classes are packed on the CPU; a model's own code keeps its layers
+    assert backend.packed != trust
     # batches are sized by what the model sees: byte-pair tokens, not letters
     counts = backend.token_counts(sequences)
     assert counts == [len(AutoTokenizer.from_pretrained(folder)(s)["input_ids"]) for s in sequences]

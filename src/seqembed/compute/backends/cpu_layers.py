@@ -34,11 +34,11 @@ class PackedLinear(torch.nn.Module):
     """x W^T + b, then `activation` ("none" or "gelu", exact erf GELU as fair-esm's), in one
     oneDNN product over a weight packed once for this CPU."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, activation: str = "none"):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none"):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ROWS_HINT)
-        self.bias = bias.detach().clone()
+        self.bias = None if bias is None else bias.detach().clone()
         self.activation = activation
         # oneDNN's name of the GELU: exact (erf), not the tanh approximation
         self.algorithm = "none" if activation == "gelu" else ""
@@ -98,6 +98,18 @@ def pack_layers(network: torch.nn.Module) -> int:
         del attention.q_proj, attention.k_proj, attention.v_proj
         layer.__class__ = PackedTransformerLayer
         switched += 1
+    return switched
+
+
+def pack_linear_layers(network: torch.nn.Module) -> int:
+    """Every nn.Linear of a CPU `network` (transformers' own model classes) as a packed
+    product, in place; the model's code applies its activations itself. Returns how many."""
+    switched = 0
+    for parent in list(network.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear:
+                setattr(parent, name, PackedLinear(child.weight, child.bias))
+                switched += 1
     return switched
 
 

@@ -31,6 +31,12 @@ from seqembed.compute.backends import (
     select_outputs,
     torch_dtype,
 )
+from seqembed.compute.backends.cpu_layers import (
+    POSITION_MULTIPLE,
+    pack_linear_layers,
+    packing_available,
+    padded_positions,
+)
 from seqembed.compute.backends.layer_taps import LayerTaps, find_blocks
 from seqembed.compute.backends.own_code import autocast_for, load_own_code
 from seqembed.compute.hf_models import (
@@ -110,6 +116,9 @@ def load_network(model: str, model_cache, dtype, trust_remote_code: bool):
 class HfBackend:
     #: why the network runs in its dtype (seqembed.precision), for the records
     precision_reason = ""
+    #: on the CPU: products over oneDNN's packed weights, batches padded to a multiple of 16
+    #: positions (compute.backends.cpu_layers)
+    packed = False
 
     def __init__(self, tokenizer, network, config: dict, name: str, device, dtype, **options):
         self.tokenizer = tokenizer
@@ -186,6 +195,9 @@ class HfBackend:
             protein=is_protein_folder(folder, config),
         )
         backend.precision_reason = reason
+        # models with their own code may read their layers' weights: they keep them dense
+        if backend.device.type == "cpu" and not backend.own_code and packing_available(dtype):
+            backend.packed = pack_linear_layers(backend.network) > 0
         return backend
 
     def resolve_layers(self, layers) -> list[int]:
@@ -225,10 +237,15 @@ class HfBackend:
             tokens, lengths = letter_tokens(
                 sequences, self.truncation, self._token_of, cls_id, eos_id, pad_id
             )
+            if self.packed:
+                tokens = padded_positions(tokens, pad_id)
             attention = tokens != pad_id
             pooled_over = letter_pooling_mask(lengths, tokens.shape[1], self.pooling)
         else:
-            encoded = self._encode(sequences, padding=True, return_tensors="pt")
+            multiple = POSITION_MULTIPLE if self.packed else None
+            encoded = self._encode(
+                sequences, padding=True, pad_to_multiple_of=multiple, return_tensors="pt"
+            )
             tokens, attention = encoded["input_ids"], encoded["attention_mask"].bool()
             # the special tokens by id: the slow EsmTokenizer's own special_tokens_mask is one
             # longer than the ids once truncation cuts them (Nucleotide Transformer v1)
@@ -251,7 +268,10 @@ class HfBackend:
         if "per_tok" in include and not self.protein:
             raise ModelError(f"{self.name}: per_tok is written for protein models only")
         representations = self._representations(tokens, attention, layers)
-        longest = tokens.shape[1] - self.extra_tokens
+        # the residues of the longest row: a packed CPU batch has padding beyond it (per_tok
+        # is for protein models, which count one token per residue)
+        width = int(attention.sum(1).max()) if self.packed else tokens.shape[1]
+        longest = width - self.extra_tokens
         return select_outputs(representations, layers, include, pooled_over, longest)
 
     def embed(self, sequences: list[str], layers: list[int]) -> dict[int, torch.Tensor]:
