@@ -57,10 +57,8 @@ class FusedSelfAttention(MultiheadAttention):
         qkv = qkv.view(length, batch, 3, heads, head_width).permute(2, 1, 3, 0, 4).contiguous()
         q, k, v = qkv.unbind(dim=0)
         if self.rot_emb:
-            # the tables in fp32 (see keep_rotary_in_fp32), rounded once to q's precision;
             # q and k rotated together, in place of fair-esm's two passes each
-            cos, sin = self.rot_emb._update_cos_sin_tables(k, seq_dimension=-2)
-            q, k = rotated(qkv[:2], cos[0, :length].to(q.dtype), sin[0, :length].to(q.dtype))
+            q, k = rotated(qkv[:2], *rotary_tables(self.rot_emb, k))
         mask = None
         if key_padding_mask is not None:
             # True = may attend; one row per sequence, broadcast over heads and queries
@@ -74,11 +72,27 @@ class FusedSelfAttention(MultiheadAttention):
         return self.out_proj(out), None
 
 
-def rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotary_tables(rotary: RotaryEmbedding, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for k's positions, computed in fp32 (see keep_rotary_in_fp32) and rounded
+    once to k's precision, sin with the sign of rotate_half's first half folded in; kept per
+    length and dtype, as fair-esm keeps its fp32 tables."""
+    key = (k.shape[-2], k.dtype, k.device)
+    if getattr(rotary, "seqembed_tables_key", None) != key:
+        cos, sin = rotary._update_cos_sin_tables(k, seq_dimension=-2)
+        cos, sin = cos[0, : key[0]], sin[0, : key[0]]
+        half = sin.shape[-1] // 2
+        signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        rotary.seqembed_tables = (cos.to(k.dtype), signed.to(k.dtype))
+        rotary.seqembed_tables_key = key
+    return rotary.seqembed_tables
+
+
+def rotated(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """fair-esm's apply_rotary_pos_emb, x * cos + rotate_half(x) * sin, over the last
-    dimension of x (positions in the first)."""
+    dimension of x (positions in the first): rotate_half(x) is (-second, first), so with
+    the sign in the table, (second, first) * signed_sin, exactly, in one pass fewer."""
     first, second = x.chunk(2, dim=-1)
-    return torch.addcmul(x * cos, torch.cat((-second, first), dim=-1), sin)
+    return torch.addcmul(x * cos, torch.cat((second, first), dim=-1), signed_sin)
 
 
 def keep_rotary_in_fp32(network: torch.nn.Module) -> None:
