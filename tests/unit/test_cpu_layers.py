@@ -82,6 +82,22 @@ def test_bf16_packed_layers_stay_within_bf16s_error(tiny_model):
     assert 0 < relative.max().item() <= 0.02  # the documented bf16 bound (README, Precision)
 
 
+def test_without_onednn_bf16_bf16_stays_on_torchs_dense_layers(tiny_model, monkeypatch):
+    # a CPU before AVX-512 with `precision: bf16` set: oneDNN cannot compute bf16 there
+    from seqembed.compute.backends import cpu_layers
+
+    sequences = ["MKTAYIAKQRQISFVKSHFSRQ", "MKV" * 30]
+    packed = EsmBackend.load(str(tiny_model), device="cpu", precision="bf16", truncation=1022)
+    monkeypatch.setattr(cpu_layers, "onednn_bf16", lambda: False)
+    dense = EsmBackend.load(str(tiny_model), device="cpu", precision="bf16", truncation=1022)
+    assert packed.packed and not dense.packed
+    assert not any(type(m) is PackedTransformerLayer for m in dense.network.modules())
+    expected, got = packed.embed(sequences, [3])[3], dense.embed(sequences, [3])[3]
+    assert ((got - expected).norm(dim=1) / expected.norm(dim=1)).max().item() <= 0.02
+    fp16 = EsmBackend.load(str(tiny_model), device="cpu", precision="fp16", truncation=1022)
+    assert not fp16.packed
+
+
 def test_a_packed_network_refuses_attention_weights(tiny_model):
     backend = EsmBackend.load(str(tiny_model), device="cpu", precision="fp32", truncation=1022)
     tokens, _ = backend.prepare(["MKTAYIAKQR"])

@@ -72,18 +72,23 @@ class PackedTransformerLayer(TransformerLayer):
 
 
 def packing_available(dtype: torch.dtype) -> bool:
-    return (
-        dtype in PACKED_DTYPES
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
+    """oneDNN in this torch, and for bf16 a CPU oneDNN computes it on (AVX-512 at least: on an
+    older CPU `precision: bf16` stays on torch's dense path, which converts around each
+    product; `auto` is fp32 there)."""
+    if dtype not in PACKED_DTYPES or not torch.backends.mkldnn.is_available():
+        return False
+    if not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return False
+    return dtype != torch.bfloat16 or onednn_bf16()
+
+
+def onednn_bf16() -> bool:
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def pack_layers(network: torch.nn.Module) -> int:
     """Switch the fused-attention ESM-2 layers of a CPU `network` to packed products in place;
-    returns how many layers were switched. Each layer is switched whole, after its packed
-    products exist, so a failure leaves earlier layers packed and later ones dense: both
-    compute the same function."""
+    returns how many layers were switched."""
     switched = 0
     for layer in network.modules():
         if type(layer) is not TransformerLayer or type(layer.self_attn) is not FusedSelfAttention:
