@@ -89,21 +89,26 @@ def _content_size(path: str, size: int, mtime_ns: int) -> int:
     return produced if len(sample) == size else math.ceil(produced * size / consumed)
 
 
-def shard_count(path: str | os.PathLike, shard_size: int) -> int:
-    """How many shards the file is computed in: 1 when sharding is off or the file is small."""
+def shard_count(path: str | os.PathLike, shard_size: int, size: int | None = None) -> int:
+    """How many shards the file is computed in: 1 when sharding is off or the file is small.
+    `size`: its bytes on disk where the caller has them already."""
     if shard_size <= 0:
         return 1
     try:
-        if os.path.getsize(path) * MAX_RATIO < shard_size:
+        if (os.path.getsize(path) if size is None else size) * MAX_RATIO < shard_size:
             return 1  # too small even if compressed: thousands of gzip files are not opened
         return max(1, math.ceil(content_size(path) / shard_size))
     except OSError:
         return 1  # unreadable: the job for the whole file says why
 
 
-def shard_counts(files: Mapping[str, str], shard_size: int) -> dict[str, int]:
-    """name -> number of shards, for the files computed in more than one."""
-    counts = {name: shard_count(path, shard_size) for name, path in files.items()}
+def shard_counts(
+    files: Mapping[str, str], shard_size: int, sizes: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """name -> number of shards, for the files computed in more than one (`sizes`: name ->
+    bytes, seqembed.bundles.file_sizes, where the caller has read them)."""
+    sizes = sizes or {}
+    counts = {name: shard_count(path, shard_size, sizes.get(name)) for name, path in files.items()}
     return {name: count for name, count in counts.items() if count > 1}
 
 

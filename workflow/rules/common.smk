@@ -65,11 +65,11 @@ wildcard_constraints:
     name=r"[^/]+",
 
 
+# name -> bytes, stat'ed once: the shards, the jobs' and the bundles' priorities use it
+SIZES = file_sizes(FILES)
 # name -> shards, for the files computed in more than one (config shard_size): known from
 # the files' sizes alone, so every reading of the workflow finds the same
-SHARDS = shard_counts(FILES, config["shard_size"])
-# name -> bytes: what the jobs' and the bundles' priorities are made of
-SIZES = file_sizes(FILES)
+SHARDS = shard_counts(FILES, config["shard_size"], SIZES)
 # the names whose output the gather writes, and (by a look-ahead over the rest of the output's
 # name, or over the name alone) those whose embed job writes it
 SHARDED = shard_regex(SHARDS)
