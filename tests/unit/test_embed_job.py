@@ -198,3 +198,43 @@ def test_a_process_start_is_dated_to_the_clock_tick_not_the_second():
         output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         first, started = map(float, output.stdout.split())
         assert asked - 0.011 <= started <= first
+
+
+def test_a_retry_the_abort_stops_keeps_the_files_last_failure(tmp_path, tiny_model, monkeypatch):
+    # attempt 1 runs out of memory; its retry is computing when other files' failures abort
+    # the run and is stopped on its way: the file failed with OOM, it was not merely aborted
+    # (a SLURM run reported such a file as Aborted, one OOM file short of the three counted)
+    from dataclasses import replace
+
+    from seqembed import runstate
+    from seqembed.errors import Aborted, OutOfMemory
+    from seqembed.job import attempts
+
+    fasta = tmp_path / "retried.fasta"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    job = make_job(tmp_path, fasta, tiny_model)
+    runstate.reset(job.state_dir)
+
+    def out_of_memory(job, **_):
+        raise OutOfMemory("moving the model: out of memory")
+
+    def stopped_by_the_abort(job, **_):
+        for other in ("x", "y", "z"):
+            runstate.record_outcome(job.state_dir, other, f"{other}.fasta", "Error", "broken")
+        reason = runstate.abort_reason(job.state_dir)
+        assert reason
+        raise Aborted(f"stopped: {reason}")
+
+    monkeypatch.setattr(attempts, "run_embed_job", out_of_memory)
+    with pytest.raises(SystemExit):
+        run_or_record_failure(job)
+    monkeypatch.setattr(attempts, "run_embed_job", stopped_by_the_abort)
+    with pytest.raises(SystemExit) as exit_info:
+        run_or_record_failure(replace(job, attempt=2))
+    assert str(exit_info.value) == (
+        f"seqembed: OOM: {fasta}: moving the model: out of memory (not retried: the run was "
+        "aborted)"
+    )
+    record = json.loads(open(job.record).read())
+    assert (record["attempt"], record["error_type"]) == (2, "OOM")
+    assert [a["error_type"] for a in record["previous_attempts"]] == ["OOM"]

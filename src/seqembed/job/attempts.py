@@ -26,7 +26,6 @@ from seqembed.devices import slurm_job
 from seqembed.errors import (
     Aborted,
     Crash,
-    Failed,
     OutputError,
     Verdict,
     classify,
@@ -75,11 +74,6 @@ def run_or_record_failure(job: EmbedJob) -> dict:
             if attempt.get("device") and attempt["error_type"] in DEVICE_SUSPECT
         ]
         reason = runstate.abort_reason(job.state_dir)
-        if reason and history:
-            # what the file last failed with stays its verdict; it was only not retried
-            last = history[-1]
-            message = f"{last['error_message']} (not retried: the run was aborted)"
-            raise Failed(Verdict(last["error_type"], False, True, message))
         if reason:
             raise Aborted(f"not started: {reason}")
         record = run_embed_job(job, avoid=avoid, history=history)
@@ -87,6 +81,12 @@ def run_or_record_failure(job: EmbedJob) -> dict:
         raise
     except Exception as error:  # noqa: BLE001 - every failure must leave a record
         verdict = classify(error)
+        if verdict.error_type == Aborted.error_type and history:
+            # a retry the abort kept from starting or stopped on its way (in this process or
+            # in the worker): what the file last failed with stays its verdict
+            last = history[-1]
+            message = f"{last['error_message']} (not retried: the run was aborted)"
+            verdict = Verdict(last["error_type"], False, True, message)
         count_failure(job, verdict, job.attempt)
         _fail(job, history, verdict)
     with contextlib.suppress(OSError):  # the success is on disk; only the streak misses it
