@@ -11,8 +11,11 @@ import torch.nn.functional as F
 
 from seqembed.compute.backends.cpu_layers import (
     POSITION_MULTIPLE,
+    ROW_STEP,
+    PackedESM2,
     PackedLinear,
     PackedTransformerLayer,
+    bucketed_rows,
     padded_positions,
 )
 from seqembed.compute.backends.esm import EsmBackend
@@ -45,7 +48,7 @@ def test_packed_layers_match_fair_esm_in_fp32(tiny_model):
     torch.serialization.add_safe_globals([argparse.Namespace])
     reference, alphabet = esm.pretrained.load_model_and_alphabet_local(str(tiny_model))
     backend = EsmBackend.load(str(tiny_model), device="cpu", precision="fp32", truncation=1022)
-    assert backend.packed
+    assert backend.packed and type(backend.network) is PackedESM2
     layers = backend.network.layers
     assert all(type(layer) is PackedTransformerLayer for layer in layers)
     assert not hasattr(layers[0].self_attn, "q_proj")  # replaced, not kept twice
@@ -56,9 +59,10 @@ def test_packed_layers_match_fair_esm_in_fp32(tiny_model):
         [(str(i), s) for i, s in enumerate(sequences)]
     )
     with torch.no_grad():
-        expected = reference.eval()(tokens, repr_layers=[1, 3])["representations"]
-    got = backend.forward(backend.prepare(sequences), [1, 3], ("mean", "per_tok"))
-    for layer in (1, 3):
+        expected = reference.eval()(tokens, repr_layers=[0, 1, 3])["representations"]
+    # 6 x 208 positions, computed as 1,280 rows: padding rows are never read
+    got = backend.forward(backend.prepare(sequences), [0, 1, 3], ("mean", "per_tok"))
+    for layer in (0, 1, 3):  # the embedding, a middle layer, the last with its layer norm
         per_residue = got["per_tok"][layer]
         assert per_residue.shape == (6, 200, 32)  # the longest protein, not the padded batch
         for row, sequence in enumerate(sequences):
@@ -66,6 +70,39 @@ def test_packed_layers_match_fair_esm_in_fp32(tiny_model):
             assert (per_residue[row, : len(sequence)] - fair).abs().max().item() <= 1e-5
             mean = got["mean"][layer][row]
             assert (mean - fair.mean(0)).abs().max().item() <= 1e-5
+
+
+def test_batches_run_on_a_few_row_counts():
+    counts = {rows: bucketed_rows(rows) for rows in range(1, 4097)}
+    assert all(rows <= bucket <= rows * 1.125 + ROW_STEP for rows, bucket in counts.items())
+    assert all(bucket % ROW_STEP == 0 for bucket in counts.values())
+    # what oneDNN compiles a kernel for: 16 row counts up to 1,024, 8 per doubling past it
+    assert len({counts[rows] for rows in range(1, 1025)}) == 16
+    assert len(set(counts.values())) == 16 + 8 + 8
+    # the batch budget's rows, as positions padded to 16 make them, waste little
+    waste = [bucketed_rows(rows) / rows - 1 for rows in range(400, 1025, 16)]
+    assert sum(waste) / len(waste) < 0.06
+
+
+def test_the_products_of_many_batch_shapes_see_few_row_counts(tiny_model, monkeypatch):
+    backend = EsmBackend.load(str(tiny_model), device="cpu", precision="bf16", truncation=1022)
+    seen = set()
+    product = PackedLinear.forward
+
+    def counted(self, x):
+        seen.add(x.shape[0])
+        return product(self, x)
+
+    monkeypatch.setattr(PackedLinear, "forward", counted)
+    rng = random.Random(3)
+    shapes = set()
+    for _ in range(40):  # batches of 1-12 proteins of 20-500 residues: dozens of T x B
+        batch = [random_protein(rng, rng.randint(20, 500)) for _ in range(rng.randint(1, 12))]
+        tokens, lengths = backend.prepare(batch)
+        shapes.add(tokens.numel())
+        backend.forward((tokens, lengths), [3])
+    assert len(shapes) > 30 and seen <= {bucketed_rows(n) for n in shapes}
+    assert len(seen) <= 24
 
 
 def test_bf16_packed_layers_stay_within_bf16s_error(tiny_model):

@@ -204,7 +204,8 @@ def test_memory_stays_flat_over_many_files(tmp_path):
     # a model wide enough that one file's activations and results are megabytes: a worker
     # that kept any of them, or an allocator that fragmented over files of different lengths,
     # would grow by that much per file. In bf16, `auto` on a CPU with matrix units: there every
-    # new batch shape got a oneDNN kernel of about a megabyte, cached until 1,024 of them
+    # row count gets a oneDNN kernel of about a megabyte, cached until 1,024 of them unless
+    # bounded (backends.KERNEL_CACHE_ENTRIES) and row counts are few (cpu_layers.bucketed_rows)
     model = write_tiny_esm2(tmp_path / "model", layers=2, dim=256, heads=8, seed=3)
     rng = random.Random(5)
     folder = tmp_path / "many"

@@ -50,10 +50,17 @@ class FusedSelfAttention(MultiheadAttention):
                 **kwargs,
             )
         length, batch, width = query.shape
+        out = self.attend(self.qkv(query), length, batch, key_padding_mask)
+        # (B, H, T, d) -> (T, B, H*d); CUDA's memory-efficient kernel returns a transposed,
+        # non-contiguous layout, so reshape rather than view
+        out = out.permute(2, 0, 1, 3).reshape(length, batch, width)
+        return self.out_proj(out), None
+
+    def attend(self, qkv, length: int, batch: int, key_padding_mask=None) -> torch.Tensor:
+        """softmax(q k^T) v per head, (B, H, T, d), from the q/k/v product's T x B rows."""
         heads, head_width = self.num_heads, self.head_dim
-        # q, k and v in one matrix product, laid out as the kernel reads them: (3, B, H, T, d)
-        # in one copy (the kernels ran slower on strided views, both on this CPU)
-        qkv = self.qkv(query)
+        # laid out as the kernel reads them, (3, B, H, T, d), in one copy (the kernels ran
+        # slower on strided views, both on this CPU)
         qkv = qkv.view(length, batch, 3, heads, head_width).permute(2, 1, 3, 0, 4).contiguous()
         q, k, v = qkv.unbind(dim=0)
         if self.rot_emb:
@@ -65,11 +72,7 @@ class FusedSelfAttention(MultiheadAttention):
             mask = ~key_padding_mask.view(batch, 1, 1, length).to(torch.bool)
         # the kernel scales q as fair-esm scales q_proj's output (the rotation is linear:
         # scaling before or after it is the same)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
-        # (B, H, T, d) -> (T, B, H*d); CUDA's memory-efficient kernel returns a transposed,
-        # non-contiguous layout, so reshape rather than view
-        out = out.permute(2, 0, 1, 3).reshape(length, batch, width)
-        return self.out_proj(out), None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
 
 
 def rotary_tables(rotary: RotaryEmbedding, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

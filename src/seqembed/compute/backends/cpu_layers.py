@@ -18,6 +18,7 @@ bf16's. The dense weights are replaced, not copied: a packed network serves embe
 from __future__ import annotations
 
 import torch
+from esm.model.esm2 import ESM2
 from esm.modules import TransformerLayer
 
 from seqembed.compute.backends.attention import FusedSelfAttention
@@ -28,6 +29,9 @@ PACKED_DTYPES = (torch.float32, torch.bfloat16)
 POSITION_MULTIPLE = 16
 #: the rows (tokens) per product oneDNN's weight layout is chosen for: the CPU batch budget
 ROWS_HINT = 512
+#: an ESM-2 batch's products run on a multiple of this many rows up to 1,024 (of an eighth of
+#: the power of two above, past that): oneDNN compiles a kernel per row count, ms each
+ROW_STEP = 64
 
 
 class PackedLinear(torch.nn.Module):
@@ -70,6 +74,64 @@ class PackedTransformerLayer(TransformerLayer):
         x.add_(self.fc2(self.fc1(self.final_layer_norm(x))))
         return x, None
 
+    def forward_rows(self, rows: torch.Tensor, length: int, batch: int, key_padding_mask=None):
+        """The same layer over `rows` [R, E]: the batch's T x B positions first, then padding
+        rows up to a row count of bucketed_rows (computed and never read)."""
+        positions = length * batch
+        attention = self.self_attn
+        qkv = attention.qkv(self.self_attn_layer_norm(rows))
+        heads = attention.attend(qkv[:positions], length, batch, key_padding_mask)
+        attended = rows.new_empty(rows.shape)
+        attended[positions:].zero_()
+        # (B, H, T, d) -> the rows' (T, B, H, d), in the copy the product needs anyway
+        attended[:positions].view(length, batch, *heads.shape[1::2]).copy_(
+            heads.permute(2, 0, 1, 3)
+        )
+        x = rows + attention.out_proj(attended)
+        x.add_(self.fc2(self.fc1(self.final_layer_norm(x))))
+        return x
+
+
+class PackedESM2(ESM2):
+    """fair-esm's ESM2.forward for embeddings (no logits, no contacts) over layers that keep
+    the batch as rows padded to bucketed_rows: the products of a run see a few row counts,
+    and oneDNN compiles a few kernels, where T x B took dozens of values and a bounded kernel
+    cache rebuilt kernels all night (docs/benchmarks.md, "Row counts")."""
+
+    def forward(self, tokens, repr_layers=(), need_head_weights=False, return_contacts=False):
+        if need_head_weights or return_contacts:
+            raise NotImplementedError(
+                "attention weights and contacts are not computed by seqembed's packed CPU layers"
+            )
+        batch, length = tokens.shape
+        padding_mask = tokens.eq(self.padding_idx)
+        x = self.embed_scale * self.embed_tokens(tokens)
+        if self.token_dropout:  # as fair-esm scales for the masking of its training
+            x.masked_fill_((tokens == self.mask_idx).unsqueeze(-1), 0.0)
+            observed = (tokens == self.mask_idx).sum(-1).to(x.dtype) / (~padding_mask).sum(-1)
+            x = x * (1 - 0.15 * 0.8) / (1 - observed)[:, None, None]
+        x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+        hidden = {0: x} if 0 in repr_layers else {}
+        positions = length * batch
+        rows = x.new_zeros(bucketed_rows(positions), self.embed_dim)
+        rows[:positions].view(length, batch, -1).copy_(x.transpose(0, 1))
+        key_padding_mask = padding_mask if padding_mask.any() else None
+        for number, layer in enumerate(self.layers, start=1):
+            rows = layer.forward_rows(rows, length, batch, key_padding_mask)
+            if number in repr_layers:
+                hidden[number] = rows[:positions].view(length, batch, -1).transpose(0, 1)
+        if self.num_layers in repr_layers:
+            last = self.emb_layer_norm_after(rows[:positions])
+            hidden[self.num_layers] = last.view(length, batch, -1).transpose(0, 1)
+        return {"representations": hidden}
+
+
+def bucketed_rows(rows: int) -> int:
+    """`rows` rounded up to a multiple of ROW_STEP up to 1,024, of 128 up to 2,048 and so on:
+    16 row counts up to 1,024 and 8 per doubling past it, 3-6 % more rows on average."""
+    step = max(ROW_STEP, 1 << max((rows - 1).bit_length() - 4, 0))
+    return -(-rows // step) * step
+
 
 def packing_available(dtype: torch.dtype) -> bool:
     """oneDNN in this torch, and for bf16 a CPU oneDNN computes it on (AVX-512 at least: on an
@@ -103,6 +165,8 @@ def pack_layers(network: torch.nn.Module) -> int:
         del attention.q_proj, attention.k_proj, attention.v_proj
         layer.__class__ = PackedTransformerLayer
         switched += 1
+    if type(network) is ESM2 and switched == len(network.layers):
+        network.__class__ = PackedESM2
     return switched
 
 
