@@ -2,6 +2,7 @@
 fair-esm's own model code in fp32 (the tolerances of the fused attention's test)."""
 
 import argparse
+import os
 import random
 
 import esm
@@ -140,3 +141,16 @@ def test_a_packed_network_refuses_attention_weights(tiny_model):
     tokens, _ = backend.prepare(["MKTAYIAKQR"])
     with pytest.raises(NotImplementedError, match="attention weights"):
         backend.network(tokens, return_contacts=True)
+
+
+def test_loading_a_model_bounds_onednns_kernel_caches(monkeypatch):
+    from seqembed.compute import backends
+
+    for setting in backends.KERNEL_CACHES:
+        monkeypatch.delenv(setting, raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "8")  # a user's own setting wins
+    backends.bound_kernel_caches()
+    # room for ESM-2's 16 row counts up to 1,024 rows, 4 products each, twice over
+    assert backends.KERNEL_CACHE_ENTRIES >= 2 * 16 * 4
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(backends.KERNEL_CACHE_ENTRIES)
+    assert os.environ["LRU_CACHE_CAPACITY"] == "8"
