@@ -167,7 +167,7 @@ def torch_dtype(precision: str, device: str):
 #: MB, a few ms to build), kept in two caches (oneDNN's and ideep's, torch's wrapper) of 1,024
 #: entries by default: a resident worker grew by megabytes per file until they filled. A
 #: cache too small costs more: at 16 entries, files of proteins of 50-600 residues (25 row
-#: counts) rebuilt kernels batch after batch and ran at 65 % of the speed. ESM-2's packed
+#: counts) rebuilt kernels batch after batch and ran at two thirds of the speed. ESM-2's packed
 #: layers run 16 row counts up to 1,024 (cpu_layers.bucketed_rows), 4 products each
 KERNEL_CACHE_ENTRIES = 128
 KERNEL_CACHES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
