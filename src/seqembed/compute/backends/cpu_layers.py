@@ -65,20 +65,17 @@ class PackedTransformerLayer(TransformerLayer):
     fair-esm keeps as the previous layer's representation)."""
 
     def forward(self, x, self_attn_mask=None, self_attn_padding_mask=None, need_head_weights=False):
+        """fair-esm's call, (T, B, E) in and out: networks other than ESM2 (ESM-1b)."""
         if need_head_weights or self_attn_mask is not None:
             raise NotImplementedError(
                 "attention weights and masks are not computed by seqembed's packed CPU layers"
             )
-        normed = self.self_attn_layer_norm(x)
-        attended, _ = self.self_attn(
-            query=normed, key=normed, value=normed, key_padding_mask=self_attn_padding_mask
-        )
-        x = x + attended
-        x.add_(self.fc2(self.fc1(self.final_layer_norm(x))))
-        return x, None
+        length, batch, width = x.shape
+        rows = self.forward_rows(x.reshape(-1, width), length, batch, self_attn_padding_mask)
+        return rows.view(length, batch, width), None
 
     def forward_rows(self, rows: torch.Tensor, length: int, batch: int, key_padding_mask=None):
-        """The same layer over `rows` [R, E]: the batch's T x B positions first, then padding
+        """The layer over `rows` [R, E]: the batch's T x B positions first, then any padding
         rows up to a row count of bucketed_rows (computed and never read)."""
         positions = length * batch
         attention = self.self_attn
